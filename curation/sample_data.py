@@ -58,8 +58,8 @@ def _download(downloads: Path) -> None:
     pip = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps"]
     wheel_platform = ["--only-binary", ":all:", "--platform", "manylinux_2_28_x86_64",
                       "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
-    jobs = [pip + ["--no-binary", ":all:", "-d", str(downloads), spec] for spec in SDISTS]
-    jobs += [pip + wheel_platform + ["-d", str(downloads), spec] for spec in WHEELS]
+    jobs = [[*pip, "--no-binary", ":all:", "-d", str(downloads), spec] for spec in SDISTS]
+    jobs += [[*pip, *wheel_platform, "-d", str(downloads), spec] for spec in WHEELS]
     jobs += [["apt-get", "download", "-qq", *DEBS]]
     with ThreadPoolExecutor(len(jobs)) as pool:
         list(pool.map(lambda cmd: _run(cmd, cwd=downloads), jobs))
@@ -87,7 +87,7 @@ class _RSerialReader:
     (`Rdata.rdx` index + `Rdata.rdb` blobs); R itself is not available here.
     """
 
-    NIL_TYPES = {254, 242, 251, 252, 253}
+    NIL_TYPES = frozenset({254, 242, 251, 252, 253})
 
     def __init__(self, data: bytes) -> None:
         if data[:2] != b"X\n":
@@ -111,7 +111,7 @@ class _RSerialReader:
         self.pos += size * n
         return values
 
-    def read(self):  # noqa: C901 - a type switch
+    def read(self) -> object:
         flags = self._int()
         sexp_type, has_attr, has_tag = flags & 0xFF, flags & 512, flags & 1024
         if sexp_type in self.NIL_TYPES:

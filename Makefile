@@ -1,0 +1,51 @@
+# One-command setup, demo, tests and benchmarks. Every target is idempotent.
+#   make demo   set up, fetch the sample corpus, run the whole pipeline on it
+#   make test   set up, start the local Slurm cluster when possible, run the tests
+# A GPU user overrides TORCH_SPEC (e.g. TORCH_SPEC='torch==2.13.0' from the CUDA index).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+DATA_RAW ?= data/raw
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+export DS_ACCELERATOR ?= cpu
+export WANDB_MODE ?= offline
+
+.PHONY: setup data cluster demo test bench lint clean-runs
+
+setup: $(STAMP)
+
+# Torch first, from TORCH_SPEC, so that a CPU box never resolves a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+data: setup
+	$(BIN)/python -m curation.sample_data $(DATA_RAW)
+
+cluster:
+	slurm/local-cluster.sh up
+
+demo: setup data
+	$(BIN)/python -m demo
+
+# The cluster is started when this machine can (root, or Slurm already there); the `slurm` tests
+# skip without it, and fail without it under CI=true.
+test: setup data
+	@if [ "$$(id -u)" = 0 ] || command -v sinfo >/dev/null; then \
+		slurm/local-cluster.sh up || echo "make test: no local cluster; slurm tests will skip (fail under CI=true)"; \
+	fi
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup data
+	@mkdir -p bench/results
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: setup
+	$(BIN)/ruff check .

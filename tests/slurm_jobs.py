@@ -1,0 +1,38 @@
+"""Submitting and watching jobs on the real (local) Slurm cluster from tests."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+                "BOOT_FAIL", "DEADLINE"}
+
+
+def submit(script: Path | str, *args: str, sbatch_options: tuple[str, ...] = (), cwd: Path | None = None) -> str:
+    result = subprocess.run(["sbatch", "--parsable", *sbatch_options, str(script), *args],
+                            capture_output=True, text=True, cwd=cwd, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"sbatch {script} failed: {result.stderr.strip()}")
+    return result.stdout.strip().split(";")[0]
+
+
+def job_field(job_id: str, field: str) -> str | None:
+    result = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True)
+    match = re.search(rf"\b{field}=(\S+)", result.stdout)
+    return match.group(1) if match else None
+
+
+def wait_for(job_id: str, timeout_s: float, states: set[str] = FINAL_STATES) -> str:
+    """Poll until the job reaches one of `states`; returns that state."""
+    deadline = time.monotonic() + timeout_s
+    state = None
+    while time.monotonic() < deadline:
+        state = job_field(job_id, "JobState")
+        if state in states:
+            return state
+        time.sleep(1)
+    subprocess.run(["scancel", job_id], check=False)
+    raise TimeoutError(f"job {job_id} still {state} after {timeout_s:.0f}s (cancelled)")

@@ -1,0 +1,82 @@
+"""Process-group setup that works the same under every launcher.
+
+The trainer runs as one process, under the `deepspeed` launcher, under `torchrun`, and under
+Slurm's `srun`. The first three export RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*; `srun` exports only
+SLURM_* variables, so they are translated here before DeepSpeed reads the usual names.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+
+
+def _first_host(nodelist: str) -> str:
+    result = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True)
+    hosts = result.stdout.split()
+    if result.returncode != 0 or not hosts:
+        raise RuntimeError(f"cannot expand SLURM_JOB_NODELIST={nodelist!r} with scontrol: {result.stderr.strip()}")
+    return hosts[0]
+
+
+def resolve_env(environ: dict[str, str] | None = None) -> DistEnv:
+    """Rank, world size and rendezvous from the launcher's environment (launcher names win over Slurm's).
+
+    Under srun without a launcher, the port derives from the job id so that two jobs sharing a node
+    do not collide.
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world_size = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local_rank = int(env.get("LOCAL_RANK", rank))
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        rank, world_size = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local_rank = int(env.get("SLURM_LOCALID", 0))
+    else:
+        rank, world_size, local_rank = 0, 1, 0
+    if "MASTER_ADDR" in env:
+        master_addr = env["MASTER_ADDR"]
+    elif "SLURM_JOB_NODELIST" in env and world_size > 1:
+        master_addr = _first_host(env["SLURM_JOB_NODELIST"])
+    else:
+        master_addr = "127.0.0.1"
+    if "MASTER_PORT" in env:
+        master_port = int(env["MASTER_PORT"])
+    elif "SLURM_JOB_ID" in env:
+        master_port = 20000 + int(env["SLURM_JOB_ID"]) % 20000
+    else:
+        master_port = 29500
+    return DistEnv(rank, world_size, local_rank, master_addr, master_port)
+
+
+def init_distributed() -> DistEnv:
+    """Export the resolved names and start DeepSpeed's process group: NCCL on GPUs, gloo on CPU."""
+    import torch
+
+    dist_env = resolve_env()
+    os.environ.update(
+        RANK=str(dist_env.rank),
+        WORLD_SIZE=str(dist_env.world_size),
+        LOCAL_RANK=str(dist_env.local_rank),
+        MASTER_ADDR=dist_env.master_addr,
+        MASTER_PORT=str(dist_env.master_port),
+    )
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist_env.local_rank)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    return dist_env
