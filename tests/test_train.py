@@ -1,0 +1,174 @@
+"""The DeepSpeed ZeRO-3 trainer, run for real: 2 ranks on CPU (gloo), exact resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.train_fixtures import make_data_root
+from train.checkpoint import complete_checkpoints, find_resume_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_MODEL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
+               "train.micro_batch_size=4", "train.global_batch_size=8", "eval.max_batches=4",
+               "eval.sample_tokens=8", "wandb.enabled=true"]
+METRICS = ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu", "train/step_time_s",
+           "train/tokens_seen", "val/loss", "val/bpb", "val/ppl", "sys/max_rss_gb"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Path:
+    return make_data_root(tmp_path_factory.mktemp("data"), sample_corpus, seq_len=64)
+
+
+def launch(ranks: int, run_dir: Path, data_root: Path, *overrides: str, launcher: str = "deepspeed",
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    args = [f"run_dir={run_dir}", f"paths.data_root={data_root}", *SMALL_MODEL, *overrides]
+    if launcher == "deepspeed":
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
+               str(29500 + os.getpid() % 1000), "--module", "train", *args]
+    elif launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+               str(30500 + os.getpid() % 1000), "-m", "train", *args]
+    else:
+        cmd = [sys.executable, "-m", "train", *args]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m}
+
+
+def wandb_ids(run_dir: Path) -> set[str]:
+    return {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
+
+
+@pytest.mark.slow
+def test_two_rank_zero3_bf16_run_writes_every_metric_and_a_checkpoint(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    launch(2, run_dir, data_root, "train.max_steps=4", "eval.every=2", "eval.sample_every=4", "precision=bf16")
+    records = read_metrics(run_dir)
+    logged = {key for record in records for key in record}
+    assert set(METRICS) <= logged, f"missing metrics: {set(METRICS) - logged}"
+    assert any("samples/text" in r for r in records)
+    assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
+    latest = find_resume_checkpoint(run_dir / "checkpoints")
+    assert latest is not None and latest.name == "step00000004"
+    state = json.loads((latest / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and state["samples_consumed"] == 4 * 8 and len(state["rng"]) == 2
+    assert len(list(latest.glob("*optim_states.pt"))) == 2, "ZeRO-3 writes one optimizer shard per rank"
+    assert (latest / "model" / "model.safetensors").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    assert len(wandb_ids(run_dir)) == 1
+
+    from model.pretrained import load_pretrained
+
+    exported = load_pretrained(run_dir)
+    assert exported.config.vocab_size == 1000 and exported.config.n_layer == 2
+
+
+@pytest.mark.slow
+def test_exact_resume_continues_the_same_losses_samples_and_wandb_run(tmp_path: Path, data_root: Path) -> None:
+    steps = ["train.max_steps=6", "eval.every=0", "eval.sample_every=0", "precision=fp32"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    launch(2, whole, data_root, *steps, launcher="torchrun")
+    stopped = launch(2, split, data_root, *steps, "train.stop_at_step=3", launcher="torchrun", check=False)
+    # Each rank exits 75 (EX_TEMPFAIL: requeue me); torchrun reports it as a failed child.
+    assert stopped.returncode != 0 and "exitcode  : 75" in stopped.stderr, stopped.stderr[-2000:]
+    assert max(losses(split)) == 3
+    launch(2, split, data_root, *steps, launcher="torchrun")
+    expected, resumed = losses(whole), losses(split)
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in range(4, 7):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=0)
+    samples = [r["train/samples_seen"] for r in read_metrics(split) if "train/samples_seen" in r]
+    assert samples == [8 * s for s in range(1, 7)], "no plan sample used twice or skipped"
+    assert len(wandb_ids(split)) == 1, "the resumed job continues the same wandb run"
+
+
+@pytest.mark.slow
+def test_resume_with_another_rank_count_through_a_universal_checkpoint(tmp_path: Path, data_root: Path) -> None:
+    steps = ["train.max_steps=5", "eval.every=0", "eval.sample_every=0", "precision=fp32"]
+    run_dir = tmp_path / "run"
+    launch(2, run_dir, data_root, *steps, "train.stop_at_step=3", check=False)
+    launch(1, run_dir, data_root, *steps, launcher="python")
+    record = losses(run_dir)
+    assert sorted(record) == [1, 2, 3, 4, 5]
+    reference = tmp_path / "reference"
+    launch(2, reference, data_root, *steps)
+    # The first step after the switch runs on exactly the restored weights.
+    assert record[4] == pytest.approx(losses(reference)[4], rel=1e-6)
+    assert record[5] == pytest.approx(losses(reference)[5], rel=1e-3)
+    assert (run_dir / "checkpoints" / "universal" / "step00000003").is_dir()
+
+
+@pytest.mark.slow
+def test_half_written_checkpoints_are_never_resumed_from(tmp_path: Path, data_root: Path) -> None:
+    steps = ["eval.every=0", "eval.sample_every=0", "precision=fp32", "checkpoint.every=2"]
+    run_dir = tmp_path / "run"
+    launch(1, run_dir, data_root, "train.max_steps=4", *steps, "train.stop_at_step=2", launcher="python",
+           check=False)
+    checkpoints = run_dir / "checkpoints"
+    # A save killed midway: the temporary folder, and a folder whose state file never got written,
+    # with `latest` already pointing at it.
+    (checkpoints / "step00000003.tmp").mkdir()
+    (checkpoints / "step00000003").mkdir()
+    (checkpoints / "step00000003" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"partial")
+    (checkpoints / "latest").write_text("step00000003\n")
+    assert [p.name for p in complete_checkpoints(checkpoints)] == ["step00000002"]
+    assert find_resume_checkpoint(checkpoints).name == "step00000002"
+    result = launch(1, run_dir, data_root, "train.max_steps=4", *steps, launcher="python")
+    assert "resumed from" in result.stderr + result.stdout and "step00000002" in result.stderr + result.stdout
+    assert sorted(losses(run_dir)) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_spike_guard_skips_updates_and_rolls_back(tmp_path: Path, data_root: Path) -> None:
+    # A z-score threshold far below zero makes every step after the history a "spike".
+    run_dir = tmp_path / "run"
+    launch(1, run_dir, data_root, "train.max_steps=6", "eval.every=0", "eval.sample_every=0", "precision=fp32",
+           "checkpoint.every=2", "spike_guard.zscore=-1000", "spike_guard.min_history=2",
+           "spike_guard.max_consecutive=2", launcher="python")
+    records = read_metrics(run_dir)
+    skipped = [r["train/skipped_steps"] for r in records if "train/skipped_steps" in r]
+    assert skipped == [0, 0, 1, 2, 3, 4]
+    assert any(r.get("train/rollbacks") == 1 for r in records)
+    assert any(r.get("train/rollbacks") == 2 for r in records)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["vocab_size=500"], "is smaller than the tokenizer's vocabulary"),
+    (["train.seq_len=128", "model.block_size=64"], "train.seq_len=128 but the plan"),
+    (["model.block_size=32"], "longer than the model's context model.block_size=32"),
+    (["train.global_batch_size=10"], "train.global_batch_size=10 is not a multiple"),
+    (["model.n_embd=66", "model.n_head=4"], "model.n_embd=66 is not divisible by model.n_head=4"),
+    (["data.mix_dir=/nonexistent/mix/demo"], "no mixture plan at /nonexistent/mix/demo/mixture.json"),
+])
+def test_refuses_bad_runs_with_one_line(tmp_path: Path, data_root: Path, overrides: list[str], message: str) -> None:
+    result = launch(1, tmp_path / "run", data_root, *overrides, launcher="python", check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    refusal = [line for line in result.stderr.splitlines() if line.startswith("train: ")]
+    assert len(refusal) == 1 and message in refusal[0], result.stderr[-2000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_refuses_a_mix_built_with_another_tokenizer(tmp_path: Path, data_root: Path, sample_corpus: Path) -> None:
+    other = make_data_root(tmp_path / "data", sample_corpus, seq_len=64)
+    manifest = other / "tokenizer" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "sha256": "0" * 64}))
+    result = launch(1, tmp_path / "run", other, launcher="python", check=False)
+    assert result.returncode == 2
+    assert "was built with tokenizer" in result.stderr

@@ -1,0 +1,128 @@
+"""Checkpoints that are either complete or invisible.
+
+`<run_dir>/checkpoints/<tag>/` holds the DeepSpeed checkpoint (sharded ZeRO state of every rank),
+`model/` (consolidated weights in the model package's format) and `trainer_state.json`. Everything
+is written under `<tag>.tmp/`, `trainer_state.json` last, then the folder is renamed and only then
+the `latest` pointer replaced, so a job killed at any moment leaves the previous checkpoint in use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+STATE_FILE = "trainer_state.json"
+LATEST_FILE = "latest"
+TMP_SUFFIX = ".tmp"
+
+
+def tag_for(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a folder counts only once its state file is in it)."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [p for p in checkpoints_dir.iterdir()
+             if p.is_dir() and not p.name.endswith(TMP_SUFFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: read_state(p)["step"])
+
+
+def find_resume_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The checkpoint `latest` names if it is complete, else the newest complete one."""
+    latest = checkpoints_dir / LATEST_FILE
+    if latest.is_file():
+        named = checkpoints_dir / latest.read_text().strip()
+        if (named / STATE_FILE).is_file():
+            return named
+    complete = complete_checkpoints(checkpoints_dir)
+    return complete[-1] if complete else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
+    """Full fp32 weights on rank 0 (None elsewhere); every rank must call it (ZeRO-3 all-gathers)."""
+    import deepspeed
+
+    module = engine.module
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    state: dict[str, torch.Tensor] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None, enabled=hasattr(param, "ds_id")):
+            if rank == 0:
+                state[name] = param.detach().float().cpu().clone()
+    if rank == 0:
+        state.update({name: buf.detach().cpu().clone() for name, buf in module.named_buffers()})
+    return state if rank == 0 else None
+
+
+def save(engine: Any, checkpoints_dir: Path, step: int, trainer_state: dict[str, Any], keep_last: int,
+         export_model: bool, tokenizer_model: Path | None) -> Path:
+    """Write the checkpoint of `step` (collective: every rank calls it)."""
+    from model.pretrained import save_pretrained
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    tag = tag_for(step)
+    final, tmp = checkpoints_dir / tag, checkpoints_dir / (tag + TMP_SUFFIX)
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    _barrier()
+    engine.save_checkpoint(str(checkpoints_dir), tag=tmp.name, save_latest=False)
+    weights = consolidated_state_dict(engine) if export_model else None
+    if rank == 0:
+        if weights is not None:
+            save_pretrained(engine.module, tmp / "model", state_dict=weights, tokenizer=tokenizer_model)
+        _write_atomic(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
+        if final.exists():  # the same step saved again (e.g. at a signal right after a periodic save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(checkpoints_dir / LATEST_FILE, tag + "\n")
+        for old in complete_checkpoints(checkpoints_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def universal_copy(checkpoint: Path) -> Path:
+    """Convert a ZeRO checkpoint to DeepSpeed's universal format (rank-count independent), once.
+
+    Returns the folder to pass as load_dir with the same tag; rank 0 converts, others wait.
+    """
+    universal_root = checkpoint.parent / "universal"
+    target = universal_root / checkpoint.name
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0 and not (target / ".complete").is_file():
+        shutil.rmtree(target, ignore_errors=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint),
+             "--output_folder", str(target), "--num_extract_workers", "1", "--num_merge_workers", "1"],
+            capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"ds_to_universal failed for {checkpoint}: {result.stderr.strip()[-2000:]}")
+        (target / ".complete").write_text("ok\n")
+    _barrier()
+    return universal_root

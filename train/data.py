@@ -1,0 +1,170 @@
+"""Training and validation samples from a mixture plan (`curation.mix` output), read via memmap.
+
+The contract (DESIGN.md, curation/mix.py): `mix/<name>/plan_source.npy` and `plan_sample.npy`
+give, for plan position p, a source index and a window index w; window w of a source is tokens
+[w*L, w*L + L + 1) of the concatenation of its train token files, in `mixture.json` order.
+Global batch i is plan positions [i*B, (i+1)*B); rank r reads its contiguous slice of it, so the
+order of training is a pure function of the plan and resuming needs only the step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class DataError(ValueError):
+    """Missing or inconsistent data artifacts; the message names the file and the fix."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TokenStream:
+    """Several `.ds` token files read as one array, without loading them."""
+
+    def __init__(self, paths: list[Path], dtype: np.dtype) -> None:
+        self.arrays = []
+        for path in paths:
+            if not path.exists():
+                raise DataError(f"token file {path} is missing; rerun `python -m curation.tokenize`")
+            if path.stat().st_size % dtype.itemsize:
+                raise DataError(f"token file {path} is {path.stat().st_size} bytes, not a multiple of "
+                                f"{dtype} ({dtype.itemsize} bytes): truncated or wrong dtype; re-tokenize")
+            self.arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+        self.ends = np.cumsum([len(a) for a in self.arrays], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        out = np.empty(length, dtype=np.int64)
+        filled = 0
+        file_idx = int(np.searchsorted(self.ends, start, side="right"))
+        while filled < length:
+            file_start = int(self.ends[file_idx - 1]) if file_idx else 0
+            offset = start + filled - file_start
+            chunk = self.arrays[file_idx][offset:offset + length - filled]
+            out[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+            file_idx += 1
+        return out
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    name: str
+    stream: TokenStream
+    val_stream: TokenStream | None
+
+
+class MixtureData:
+    """The plan of one mixture and its sources' token streams."""
+
+    def __init__(self, mix_dir: Path, data_root: Path) -> None:
+        spec_path = mix_dir / "mixture.json"
+        if not spec_path.exists():
+            raise DataError(f"no mixture plan at {spec_path}; build it with "
+                            f"`python -m curation.mix mixture={mix_dir.name}`")
+        self.spec = json.loads(spec_path.read_text())
+        self.seq_len = int(self.spec["seq_len"])
+        self.vocab_size = int(self.spec["vocab_size"])
+        self.eos_id = int(self.spec["eos_id"])
+        dtype = np.dtype(self.spec["dtype"]).newbyteorder("<")
+        self.plan_source = np.load(mix_dir / "plan_source.npy", mmap_mode="r")
+        self.plan_sample = np.load(mix_dir / "plan_sample.npy", mmap_mode="r")
+        if len(self.plan_source) != len(self.plan_sample):
+            raise DataError(f"{mix_dir}: plan_source.npy and plan_sample.npy differ in length; rebuild the mix")
+        self.sources = []
+        for source in self.spec["sources"]:
+            train = TokenStream([data_root / f["path"] for f in source["token_files"]], dtype)
+            val_files = source.get("val_files") or []
+            val = TokenStream([data_root / f["path"] for f in val_files], dtype) if val_files else None
+            self.sources.append(SourceInfo(source["name"], train, val))
+
+    def __len__(self) -> int:
+        return len(self.plan_source)
+
+    def sample(self, position: int) -> np.ndarray:
+        """Plan position -> L + 1 token ids (inputs are [:-1], targets [1:])."""
+        source = self.sources[int(self.plan_source[position])]
+        return source.stream.read(int(self.plan_sample[position]) * self.seq_len, self.seq_len + 1)
+
+    def batch(self, first_position: int, size: int) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self.sample(first_position + i) for i in range(size)]))
+
+    def val_batches(self, source: SourceInfo, batch_size: int, max_batches: int, rank: int,
+                    world_size: int) -> list[torch.Tensor]:
+        """This rank's share of a source's first `max_batches` val batches.
+
+        The set does not depend on the number of ranks (so val metrics compare across runs), and
+        every rank gets the same count: under ZeRO-3 every forward is collective.
+        """
+        if source.val_stream is None:
+            return []
+        windows = (len(source.val_stream) - 1) // self.seq_len
+        total = min(max_batches, windows // batch_size) // world_size * world_size
+        batches = []
+        for b in range(rank, total, world_size):
+            rows = [source.val_stream.read((b * batch_size + i) * self.seq_len, self.seq_len + 1)
+                    for i in range(batch_size)]
+            batches.append(torch.from_numpy(np.stack(rows)))
+        return batches
+
+
+class Prefetcher:
+    """Builds the next micro-batches in a background thread; measures how long the loop waits for them.
+
+    Micro-batch k of rank r in optimizer step s covers plan positions
+    s*B + r*(m*a) + k*m ... + m, with B global batch, m micro batch, a grad-accum steps.
+    """
+
+    def __init__(self, data: MixtureData, start_step: int, global_batch: int, micro_batch: int, accum: int,
+                 rank: int, depth: int) -> None:
+        self.data, self.global_batch, self.micro_batch, self.accum, self.rank = data, global_batch, micro_batch, accum, rank
+        self.queue: queue.Queue[tuple[int, list[torch.Tensor]]] = queue.Queue(maxsize=max(depth, 1))
+        self.wait_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(start_step,), daemon=True)
+        self._thread.start()
+
+    def step_batches(self, step: int) -> list[torch.Tensor]:
+        base = step * self.global_batch + self.rank * self.micro_batch * self.accum
+        return [self.data.batch(base + k * self.micro_batch, self.micro_batch) for k in range(self.accum)]
+
+    def _fill(self, step: int) -> None:
+        steps_available = len(self.data) // self.global_batch
+        while not self._stop.is_set() and step < steps_available:
+            item = (step, self.step_batches(step))
+            while not self._stop.is_set():
+                try:
+                    self.queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            step += 1
+
+    def get(self, step: int) -> list[torch.Tensor]:
+        started = time.perf_counter()
+        got_step, batches = self.queue.get()
+        self.wait_s += time.perf_counter() - started
+        if got_step != step:
+            raise RuntimeError(f"prefetcher delivered step {got_step}, the loop expected {step}")
+        return batches
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -1,0 +1,78 @@
+"""The DeepSpeed JSON, built from the Hydra tree so that settings live in one place (conf/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the key and the fix, on one line."""
+
+
+def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """global_batch = micro_batch x grad_accum x world_size, or a one-line refusal."""
+    per_step = micro_batch * world_size
+    if global_batch < 1 or micro_batch < 1:
+        raise ConfigError(f"train.global_batch_size={global_batch} and train.micro_batch_size={micro_batch} must be >= 1")
+    if global_batch % per_step:
+        raise ConfigError(
+            f"train.global_batch_size={global_batch} is not a multiple of train.micro_batch_size={micro_batch} x "
+            f"{world_size} ranks = {per_step}; pick a global batch that is, or another micro batch"
+        )
+    return global_batch // per_step
+
+
+def cpu_has_bf16() -> bool:
+    """AMX or AVX512-BF16 make bf16 matmuls fast on CPU; without them bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(setting: str) -> str:
+    if setting not in {"auto", "bf16", "fp32"}:
+        raise ConfigError(f"precision={setting!r} is not one of auto, bf16, fp32")
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def build_ds_config(cfg: Any, world_size: int, precision: str) -> dict[str, Any]:
+    zero = cfg.deepspeed
+    if zero.stage not in (0, 1, 2, 3):
+        raise ConfigError(f"deepspeed.stage={zero.stage} must be 0, 1, 2 or 3")
+    accum = grad_accum_steps(cfg.train.global_batch_size, cfg.train.micro_batch_size, world_size)
+    zero_config: dict[str, Any] = {
+        "stage": zero.stage,
+        "overlap_comm": zero.overlap_comm,
+        "contiguous_gradients": zero.contiguous_gradients,
+        "reduce_bucket_size": int(zero.reduce_bucket_size),
+    }
+    if zero.stage == 3:
+        zero_config["stage3_prefetch_bucket_size"] = int(zero.stage3_prefetch_bucket_size)
+        zero_config["stage3_param_persistence_threshold"] = int(zero.stage3_param_persistence_threshold)
+    for part in ("optimizer", "param"):
+        device = zero[f"offload_{part}"]
+        if device not in ("none", "cpu"):
+            raise ConfigError(f"deepspeed.offload_{part}={device!r} must be none or cpu")
+        if device == "cpu":
+            zero_config[f"offload_{part}"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_batch_size": cfg.train.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero_config,
+        "bf16": {"enabled": precision == "bf16"},
+        # The client optimizer (train/optim.py) is torch's AdamW with a skip flag.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+        "wall_clock_breakdown": False,
+    }

@@ -1,0 +1,52 @@
+"""Refusals before any training: every check names the key or file and the fix, in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from model import GPTConfig
+from train.data import DataError, MixtureData, sha256_of
+from train.ds_config import ConfigError
+
+
+def check_run(cfg: DictConfig, data: MixtureData) -> dict[str, str]:
+    """Validate data against tokenizer and settings; returns the hashes a checkpoint records."""
+    tokenizer_model = Path(cfg.data.tokenizer_dir) / "spm.model"
+    if not tokenizer_model.is_file():
+        raise DataError(f"no tokenizer at {tokenizer_model}; train it with `python -m curation.tokenizer`")
+    manifest_path = Path(cfg.data.tokenizer_dir) / "manifest.json"
+    tokenizer_hash = (json.loads(manifest_path.read_text())["sha256"] if manifest_path.is_file()
+                      else sha256_of(tokenizer_model))
+    mix_tokenizer_hash = data.spec.get("tokenizer_sha256")
+    if mix_tokenizer_hash != tokenizer_hash:
+        raise DataError(
+            f"{cfg.data.mix_dir}/mixture.json was built with tokenizer {str(mix_tokenizer_hash)[:12]}, but "
+            f"{tokenizer_model} is {tokenizer_hash[:12]}; re-run `python -m curation.tokenize` and "
+            "`python -m curation.mix` with this tokenizer")
+    if cfg.train.seq_len != data.seq_len:
+        raise DataError(f"train.seq_len={cfg.train.seq_len} but the plan in {cfg.data.mix_dir} has windows of "
+                        f"seq_len={data.seq_len}; set train.seq_len={data.seq_len} or rebuild the mix with "
+                        f"mix.seq_len={cfg.train.seq_len}")
+    if cfg.train.seq_len > cfg.model.block_size:
+        raise DataError(f"train.seq_len={cfg.train.seq_len} is longer than the model's context "
+                        f"model.block_size={cfg.model.block_size}; lower the one or raise the other")
+    if cfg.vocab_size is not None and cfg.vocab_size < data.vocab_size:
+        raise DataError(f"vocab_size={cfg.vocab_size} is smaller than the tokenizer's vocabulary "
+                        f"({data.vocab_size}, {tokenizer_model}); raise it or set vocab_size=null to follow "
+                        "the tokenizer")
+    return {"tokenizer_sha256": tokenizer_hash,
+            "mixture_sha256": sha256_of(Path(cfg.data.mix_dir) / "mixture.json")}
+
+
+def model_config_for(cfg: DictConfig, data: MixtureData) -> GPTConfig:
+    """The preset with the vocabulary of the tokenizer, or `vocab_size` when the user fixed one."""
+    values = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(values, dict)
+    values["vocab_size"] = cfg.vocab_size if cfg.vocab_size is not None else data.vocab_size
+    try:
+        return GPTConfig.from_dict(values)
+    except ValueError as invalid:
+        raise ConfigError(str(invalid)) from None

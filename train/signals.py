@@ -1,0 +1,34 @@
+"""Preemption and time-limit signals: finish the step, checkpoint, exit for requeue.
+
+Slurm sends SIGUSR1 (`--signal=USR1@<grace>`) before the time limit or on preemption, and SIGTERM
+before killing. The handler only sets a flag; the loop checks it after each step, and all ranks
+agree through an all-reduce so that they checkpoint at the same step.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import torch
+import torch.distributed as dist
+
+# sysexits.h EX_TEMPFAIL: "try again later"; slurm/pretrain.sh requeues the job on it.
+EXIT_REQUEUE = 75
+
+
+class StopRequest:
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)) -> None:
+        self.received: int | None = None
+        for signum in signals:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
+
+    def agreed(self) -> bool:
+        """True on every rank if any rank got a signal (collective)."""
+        flag = torch.tensor([1 if self.received is not None else 0])
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())

@@ -1,0 +1,100 @@
+"""Held-out evaluation: loss, perplexity and bits per byte per source, plus a unigram baseline.
+
+Bits per UTF-8 byte make runs with different tokenizers comparable: the summed negative
+log-likelihood in bits divided by the bytes the target tokens decode to. Each token's byte length
+comes from its sentencepiece piece (byte-fallback pieces are one byte, control tokens none), as
+nanoGPT-successors such as modded-nanogpt/nanochat count it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from train.data import MixtureData
+
+
+def token_byte_lengths(spm_model: Path, vocab_size: int) -> np.ndarray:
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_file=str(spm_model))
+    lengths = np.zeros(vocab_size, dtype=np.int64)
+    for token_id in range(min(vocab_size, processor.get_piece_size())):
+        if processor.is_control(token_id) or processor.is_unknown(token_id):
+            continue
+        if processor.is_byte(token_id):
+            lengths[token_id] = 1
+        else:
+            lengths[token_id] = len(processor.id_to_piece(token_id).replace("\u2581", " ").encode("utf-8"))
+    return lengths
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+@torch.no_grad()
+def evaluate(engine: Any, data: MixtureData, token_bytes: np.ndarray, batch_size: int, max_batches: int,
+             rank: int, world_size: int) -> dict[str, float]:
+    """val/loss, val/ppl, val/bpb over all sources and val/<source>/{loss,bpb} (collective)."""
+    was_training = engine.module.training
+    engine.eval()
+    byte_table = torch.from_numpy(token_bytes)
+    results: dict[str, float] = {}
+    total_nats = total_tokens = total_bytes = 0.0
+    for source in data.sources:
+        nats = tokens = n_bytes = 0.0
+        for batch in data.val_batches(source, batch_size, max_batches, rank, world_size):
+            logits = engine(batch[:, :-1])
+            targets = batch[:, 1:]
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+            nats += loss.item()
+            tokens += targets.numel()
+            n_bytes += float(byte_table[targets].sum())
+        nats, tokens, n_bytes = _all_reduce_sum([nats, tokens, n_bytes])
+        if tokens == 0:
+            continue
+        results[f"val/{source.name}/loss"] = nats / tokens
+        results[f"val/{source.name}/bpb"] = nats / math.log(2) / max(n_bytes, 1.0)
+        total_nats, total_tokens, total_bytes = total_nats + nats, total_tokens + tokens, total_bytes + n_bytes
+    if total_tokens:
+        results["val/loss"] = total_nats / total_tokens
+        results["val/ppl"] = math.exp(min(results["val/loss"], 50.0))
+        results["val/bpb"] = total_nats / math.log(2) / max(total_bytes, 1.0)
+    engine.train(was_training)
+    return results
+
+
+def unigram_bpb(data: MixtureData, token_bytes: np.ndarray, max_tokens_per_source: int = 50_000_000) -> float:
+    """Bits per byte on the val tokens of a unigram model fit (add-one) on the training tokens.
+
+    The floor any trained model must beat: it knows token frequencies and nothing else.
+    """
+    counts = np.ones(data.vocab_size, dtype=np.float64)
+    for source in data.sources:
+        remaining = max_tokens_per_source
+        for array in source.stream.arrays:
+            chunk = np.asarray(array[:remaining])
+            counts += np.bincount(chunk, minlength=data.vocab_size)[: data.vocab_size]
+            remaining -= len(chunk)
+            if remaining <= 0:
+                break
+    log2_prob = np.log2(counts / counts.sum())
+    bits = n_bytes = 0.0
+    for source in data.sources:
+        if source.val_stream is None:
+            continue
+        for array in source.val_stream.arrays:
+            targets = np.asarray(array[1:])
+            bits -= float(log2_prob[targets].sum())
+            n_bytes += float(token_bytes[targets].sum())
+    return bits / max(n_bytes, 1.0)
