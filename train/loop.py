@@ -31,7 +31,7 @@ from train.ds_config import ConfigError, build_ds_config, grad_accum_steps, reso
 from train.metrics import MetricsLogger, default_peak_flops, max_rss_gb
 from train.optim import SkippableAdamW, lr_at, param_groups
 from train.preflight import check_run, model_config_for
-from train.signals import EXIT_REQUEUE, StopRequest
+from train.signals import EXIT_REQUEUE, REQUEUE_MARKER, StopRequest
 from train.spike_guard import SpikeGuard
 from train.validation import evaluate, token_byte_lengths, unigram_bpb
 
@@ -240,6 +240,8 @@ def run(cfg: DictConfig) -> int:
             save_checkpoint()
         if stopping and not done:
             log.info("stopping at step %d of %d for a restart (signal %s)", step, total_steps, stop.received)
+            if rank == 0:
+                (run_dir / REQUEUE_MARKER).write_text(f"{step}\n")
             exit_code = EXIT_REQUEUE
             break
     prefetcher.close()
