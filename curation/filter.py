@@ -1,0 +1,54 @@
+"""Read -> extract -> filter, per source, as configured in its yaml.
+
+    python -m curation.filter [overrides]      # writes work/<source>/filtered/
+
+For a `quality: scored` source, the text right after extraction is also kept under
+work/<source>/extracted/: the quality classifier's negative examples.
+"""
+
+from __future__ import annotations
+
+import hydra
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers import JsonlWriter
+from omegaconf import DictConfig
+
+from curation.catalog import build_step
+from curation.layout import Layout
+from curation.readers import make_reader
+from curation.sources import Source, selected_sources, write_inputs_list
+from curation.stages import Stage, layout_of, run_stages
+
+
+def negatives_writer(source: Source, layout: Layout) -> JsonlWriter:
+    return JsonlWriter(str(layout.work(source.name, "extracted")), output_filename="${rank}.jsonl.gz")
+
+
+def filter_pipeline(source: Source, layout: Layout) -> list[PipelineStep]:
+    paths_file = None if source.format == "hf" else write_inputs_list(source, layout)
+    reader_options = {**source.reader, "default_metadata": {"source": source.name}}
+    pipeline: list[PipelineStep] = [make_reader(source.format, source.data_folder, paths_file, reader_options)]
+    removed_root = str(layout.removed(source.name))
+    negatives_after = "extract" if "extract" in source.steps else None
+    if source.quality == "scored" and negatives_after is None:
+        pipeline.append(negatives_writer(source, layout))
+    for name, params in source.steps.items():
+        pipeline.append(build_step(name, params, removed_root))
+        if source.quality == "scored" and name == negatives_after:
+            pipeline.append(negatives_writer(source, layout))
+    pipeline.append(JsonlWriter(str(layout.work(source.name, "filtered")), output_filename="${rank}.jsonl.gz"))
+    return pipeline
+
+
+def filter_stages(sources: list[Source], layout: Layout) -> list[Stage]:
+    return [Stage(f"filter_{s.name}", filter_pipeline(s, layout), s.tasks, layout.logs("filter", s.name))
+            for s in sources]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
+def main(cfg: DictConfig) -> None:
+    run_stages(filter_stages(selected_sources(cfg), layout_of(cfg)), cfg.executor)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""All curation stages for the configured sources: filter -> dedup -> quality -> report.
+
+    python -m curation.run [overrides]
+    python -m curation.run only=[commoncrawl] sources.commoncrawl.input='/data/cc/*.warc.gz'
+    python -m curation.run executor=slurm            # what slurm/curate.sh runs
+
+Every source and setting is checked before the first stage starts. A rerun skips the tasks
+that completed (datatrove's completion markers) and redoes the others from their start.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from curation.dedup import dedup_stages, last_dedup_stage
+from curation.filter import filter_stages
+from curation.quality import quality_stages
+from curation.report import CurationReport
+from curation.sources import selected_sources
+from curation.stages import Stage, layout_of, run_stages
+
+
+def curation_stages(cfg: DictConfig) -> list[Stage]:
+    sources = selected_sources(cfg)
+    layout = layout_of(cfg)
+    stages = filter_stages(sources, layout)
+    stages += dedup_stages(cfg, sources, layout, after=tuple(s.name for s in stages))
+    quality = quality_stages(cfg, sources, layout, after=(last_dedup_stage(cfg),))
+    stages += quality
+    stages.append(Stage("report", [CurationReport(cfg, sources, layout)], 1, layout.logs("report"),
+                        after=tuple(s.name for s in quality)))
+    return stages
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
+def main(cfg: DictConfig) -> None:
+    stages = curation_stages(cfg)
+    # ---- tokenizer / tokenize / mix stages (curation.tokenizer, curation.tokenize, curation.mix) go here:
+    # ---- append their Stage objects to `stages`, waiting on "report" (or the curate_<source> stages).
+    run_stages(stages, cfg.executor)
+    if cfg.executor.kind == "local":
+        print(f"curation report: {layout_of(cfg).report / 'curation.md'}")
+
+
+if __name__ == "__main__":
+    main()
