@@ -1,0 +1,195 @@
+"""Plan the training order of a quality-weighted mixture over the sources' token files.
+
+    python -m curation.mix mixture=gpt3 mix.tokens=300e9 mix.seq_len=2048 mix.seed=1234
+
+Writes `${paths.data_root}/mix/<mixture>/`: `plan_source.npy` (the source's index in
+mixture.json's `sources` per sample), `plan_sample.npy` (int64 window index within that source)
+and `mixture.json` + `manifest.json`. A source's stream is its training token files concatenated in
+`token_files` order; window w is stream tokens [w*L, w*L + L + 1), so a source of T tokens offers
+(T - 1) // L windows and a sample costs L tokens of the budget. Each source gets `weight x budget`
+tokens: fewer available means several epochs, each in its own seeded order; more means a subsample.
+
+`mix.plan_only=true` plans from `mix.source_tokens` (token counts per source) without any token
+file, which is how the 300B-token GPT-3 plan is checked on one machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from curation.manifest import MANIFEST, code_version, file_sha256
+from curation.mix_plan import MAX_SAMPLES, allocate_samples, interleave, normalized_weights, window_indices
+from curation.tokens_manifest import BadInput, load_source_tokens, write_json
+
+NO_CAP = np.iinfo(np.int64).max
+
+
+def _positive_int(value: Any, key: str) -> int:
+    """An integer setting that may be written as a float literal (`mix.tokens=300e9`)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value <= 0:
+        raise BadInput(f"{key}={value!r} must be a positive whole number")
+    return int(value)
+
+
+def _source_inputs(cfg: DictConfig, names: list[str], seq_len: int) -> list[dict[str, Any]]:
+    """Per source: available tokens and, unless planning from counts, its token files' manifest."""
+    data_root = Path(cfg.paths.data_root)
+    sources = []
+    for name in names:
+        if cfg.mix.plan_only:
+            counts = cfg.mix.source_tokens or {}
+            if name not in counts:
+                raise BadInput(f"mix.plan_only=true needs mix.source_tokens.{name} (token count of '{name}')")
+            sources.append({"name": name, "tokens": _positive_int(counts[name], f"mix.source_tokens.{name}"),
+                            "manifest": None})
+        else:
+            manifest = load_source_tokens(data_root, name)
+            sources.append({"name": name, "tokens": manifest["tokens"], "manifest": manifest})
+    for source in sources:
+        if source["tokens"] < seq_len + 1:
+            raise BadInput(f"mix.seq_len={seq_len} needs {seq_len + 1} tokens per window but source "
+                           f"'{source['name']}' has {source['tokens']}; lower mix.seq_len or drop the source")
+    if not cfg.mix.plan_only:
+        shas = {s["manifest"]["tokenizer_sha256"] for s in sources}
+        dtypes = {s["manifest"]["dtype"] for s in sources}
+        if len(shas) > 1 or len(dtypes) > 1:
+            raise BadInput(f"token files of {names} come from different tokenizers ({sorted(shas)}): "
+                           f"rerun `python -m curation.tokenize` for all of them")
+    return sources
+
+
+def _cap(mixture: DictConfig, name: str, windows: int) -> int:
+    """Most samples a source may give: `max_epochs` passes over its windows, unbounded when absent."""
+    max_epochs = mixture.sources[name].get("max_epochs")
+    if max_epochs is None:
+        return NO_CAP
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int | float) or not max_epochs > 0:
+        raise BadInput(f"conf/mixture/{mixture.name}.yaml: sources.{name}.max_epochs={max_epochs!r} "
+                       f"must be a number > 0 (or left out for no cap)")
+    return math.floor(max_epochs * windows)
+
+
+@contextmanager
+def _npy_writer(path: Path, dtype: np.dtype, length: int) -> Iterator[BinaryIO]:
+    """An .npy file opened for its data to be appended chunk by chunk (memory stays one chunk)."""
+    with open(path, "wb") as handle:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (length,)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        yield handle
+
+
+def _write_plan(out: Path, counts: np.ndarray, windows: np.ndarray, names: list[str], seed: int,
+                chunk: int, source_dtype: np.dtype) -> None:
+    total = int(counts.sum())
+    with _npy_writer(out / "plan_source.npy", source_dtype, total) as plan_source, \
+            _npy_writer(out / "plan_sample.npy", np.dtype("<i8"), total) as plan_sample:
+        for _, sources, samples in interleave(counts, chunk):
+            for i in np.unique(sources):
+                here = sources == i
+                samples[here] = window_indices(samples[here], int(windows[i]), seed, names[i])
+            plan_source.write(sources.astype(source_dtype).tobytes())
+            plan_sample.write(samples.astype("<i8").tobytes())
+
+
+def build_mix(cfg: DictConfig) -> Path:
+    """Validate everything, then write the plan into a temporary folder renamed into place."""
+    settings = cfg.mix
+    seq_len = _positive_int(settings.seq_len, "mix.seq_len")
+    budget = _positive_int(settings.tokens, "mix.tokens")
+    seed = int(settings.seed)
+    mixture = cfg.mixture
+    weights = normalized_weights({name: spec.weight for name, spec in mixture.sources.items()},
+                                 f"conf/mixture/{mixture.name}.yaml")
+    names = [name for name, weight in weights.items() if weight > 0]
+    sources = _source_inputs(cfg, names, seq_len)
+
+    num_samples = math.ceil(budget / seq_len)
+    if num_samples >= MAX_SAMPLES:
+        raise BadInput(f"mix.tokens={budget} at mix.seq_len={seq_len} makes {num_samples} samples; "
+                       f"plans stop below {MAX_SAMPLES}: split the run into several mixtures")
+    windows = np.array([(s["tokens"] - 1) // seq_len for s in sources], dtype=np.int64)
+    caps = np.array([_cap(mixture, name, int(windows[i])) for i, name in enumerate(names)], dtype=np.int64)
+    counts = allocate_samples(np.array([weights[n] for n in names]), caps, num_samples)
+
+    data_root = Path(cfg.paths.data_root)
+    out = data_root / "mix" / mixture.name
+    tmp = out.with_name(f".{mixture.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    source_dtype = np.dtype(np.uint8 if len(names) <= np.iinfo(np.uint8).max + 1 else np.int16)
+    _write_plan(tmp, counts, windows, names, seed, int(settings.chunk_samples), source_dtype)
+
+    first = sources[0]["manifest"]
+    described = []
+    for i, source in enumerate(sources):
+        manifest = source["manifest"] or {"files": [], "val_files": []}
+        described.append({
+            "name": source["name"],
+            "weight": weights[source["name"]],
+            "max_epochs": mixture.sources[source["name"]].get("max_epochs"),
+            "tokens_available": source["tokens"],
+            "windows_available": int(windows[i]),
+            "samples": int(counts[i]),
+            "tokens_planned": int(counts[i]) * seq_len,
+            "measured_share": int(counts[i]) / num_samples,
+            "epochs": int(counts[i]) * seq_len / source["tokens"],
+            "token_files": [{k: f[k] for k in ("path", "tokens", "sha256")} for f in manifest["files"]],
+            "val_files": [{k: f[k] for k in ("path", "tokens", "sha256")} for f in manifest["val_files"]],
+        })
+    description = {
+        "name": mixture.name,
+        "seq_len": seq_len,
+        "seed": seed,
+        "tokens": budget,
+        "num_samples": num_samples,
+        "tokenizer_sha256": first["tokenizer_sha256"] if first else None,
+        "dtype": first["dtype"] if first else None,
+        "vocab_size": first["vocab_size"] if first else None,
+        "eos_id": first["eos_id"] if first else None,
+        "plan_only": bool(settings.plan_only),
+        "plan_source_dtype": source_dtype.name,
+        "sources": described,
+    }
+    write_json(tmp / "mixture.json", description)
+    write_json(tmp / MANIFEST, {
+        "inputs": [{"path": f"tokens/{s['name']}/{MANIFEST}",
+                    "sha256": file_sha256(data_root / "tokens" / s["name"] / MANIFEST)}
+                   for s in sources if s["manifest"]],
+        "config": {"mix": OmegaConf.to_container(settings, resolve=True),
+                   "mixture": OmegaConf.to_container(mixture, resolve=True)},
+        "counts": {"num_samples": num_samples, "samples": {s["name"]: int(c) for s, c in zip(sources, counts, strict=False)}},
+        "outputs": {f: file_sha256(tmp / f) for f in ("plan_source.npy", "plan_sample.npy", "mixture.json")},
+        "version": code_version(),
+    })
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    _print_summary(description)
+    return out
+
+
+def _print_summary(description: dict[str, Any]) -> None:
+    print(f"mix {description['name']}: {description['num_samples']:,} samples x {description['seq_len']} tokens")
+    print(f"{'source':<12} {'weight':>7} {'share':>7} {'tokens planned':>16} {'available':>16} {'epochs':>7}")
+    for s in description["sources"]:
+        print(f"{s['name']:<12} {s['weight']:>7.4f} {s['measured_share']:>7.4f} {s['tokens_planned']:>16,} "
+              f"{s['tokens_available']:>16,} {s['epochs']:>7.2f}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
+def main(cfg: DictConfig) -> None:
+    build_mix(cfg)
+
+
+if __name__ == "__main__":
+    main()
