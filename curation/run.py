@@ -1,4 +1,4 @@
-"""All curation stages for the configured sources: filter -> dedup -> quality -> report.
+"""All curation stages: filter -> dedup -> quality -> report -> tokenizer, token files, mixture plan.
 
     python -m curation.run [overrides]
     python -m curation.run only=[commoncrawl] sources.commoncrawl.input='/data/cc/*.warc.gz'
@@ -18,7 +18,7 @@ from curation.filter import filter_stages
 from curation.quality import quality_stages
 from curation.report import CurationReport
 from curation.sources import selected_sources
-from curation.stages import Stage, layout_of, run_stages
+from curation.stages import PrepareTrainingData, Stage, layout_of, run_stages
 
 
 def curation_stages(cfg: DictConfig) -> list[Stage]:
@@ -30,14 +30,18 @@ def curation_stages(cfg: DictConfig) -> list[Stage]:
     stages += quality
     stages.append(Stage("report", [CurationReport(cfg, sources, layout)], 1, layout.logs("report"),
                         after=tuple(s.name for s in quality)))
+    prepare = cfg.prepare_training_data
+    if prepare == "auto":
+        prepare = cfg.only is None and cfg.get("mixture") is not None
+    if prepare:
+        stages.append(Stage("training_data", [PrepareTrainingData(cfg)], 1, layout.logs("training_data"),
+                            after=("report",)))
     return stages
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
     stages = curation_stages(cfg)
-    # ---- tokenizer / tokenize / mix stages (curation.tokenizer, curation.tokenize, curation.mix) go here:
-    # ---- append their Stage objects to `stages`, waiting on "report" (or the curate_<source> stages).
     run_stages(stages, cfg.executor)
     if cfg.executor.kind == "local":
         print(f"curation report: {layout_of(cfg).report / 'curation.md'}")

@@ -12,4 +12,7 @@
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 PYTHON=${GPTPIPE_PYTHON:-.venv/bin/python}
+# The array jobs datatrove submits from here inherit this job's environment; Slurm's memory
+# variables of this small job would clash with their own --mem-per-cpu (srun refuses both).
+unset SLURM_MEM_PER_NODE SLURM_MEM_PER_CPU SLURM_MEM_PER_GPU
 exec "$PYTHON" -m curation.run executor=slurm "$@"

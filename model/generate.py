@@ -1,0 +1,162 @@
+"""Autoregressive sampling with a KV cache, and the `python -m model.generate` command.
+
+    python -m model.generate checkpoint=runs/demo prompt='"It is a truth universally acknowledged,"'
+    python -m model.generate checkpoint=path/to/hf-gpt2 tokenizer=path/to/tokenizer.json temperature=0
+
+`checkpoint` is a run dir, a checkpoint dir, a saved-model dir, or a Hugging Face GPT-2 dir.
+Hydra parses the overrides: quote a prompt holding `,` `:` or `=` as shown.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from model.gpt import GPT
+from model.hf import HF_CONFIG_FILE, load_hf_gpt2
+from model.pretrained import TOKENIZER_FILE, load_pretrained, resolve_model_dir
+from model.tokenizer import TextTokenizer, load_tokenizer
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next ids (batch, 1) from last-position logits (batch, vocab); temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # Nucleus: keep the smallest prefix of the sorted distribution whose mass reaches top_p.
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
+
+
+@torch.inference_mode()
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+) -> torch.Tensor:
+    """Extend `idx` (batch, time) by up to `max_new_tokens` ids; returns prompt + continuation.
+
+    Each new token runs the model on one position against cached keys/values. Past block_size
+    the context slides: the cache is rebuilt from the latest half block, so the cost stays
+    amortised O(1) model positions per token. With `eos_id`, a row that emits it keeps emitting
+    it, and generation stops once every row has.
+    """
+    if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+        raise ValueError(
+            f"need temperature >= 0, top_k >= 1, 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}"
+        )
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"idx must be (batch, time) with time >= 1; got shape {tuple(idx.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        batch, prompt_len = idx.shape
+        block_size = model.config.block_size
+        out = torch.empty(batch, prompt_len + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        out[:, :prompt_len] = idx
+        context = idx[:, -block_size:]
+        cache = model.new_kv_cache(batch, min(block_size, context.size(1) + max_new_tokens))
+        logits = model.logits(model.hidden_states(context, cache)[:, -1])
+        finished = torch.zeros(batch, dtype=torch.bool, device=idx.device)
+        end = prompt_len
+        for _ in range(max_new_tokens):
+            next_id = sample_next(logits, temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                next_id = next_id.masked_fill(finished.unsqueeze(1), eos_id)
+                finished |= next_id.squeeze(1) == eos_id
+            out[:, end] = next_id.squeeze(1)
+            end += 1
+            if end == prompt_len + max_new_tokens or (eos_id is not None and bool(finished.all())):
+                break
+            if cache.length == cache.max_len:
+                cache.reset()
+                hidden = model.hidden_states(out[:, end - block_size // 2 : end], cache)
+            else:
+                hidden = model.hidden_states(next_id, cache)
+            logits = model.logits(hidden[:, -1])
+        return out[:, :end]
+    finally:
+        model.train(was_training)
+
+
+def load_for_generation(
+    checkpoint: str | Path, tokenizer: str | Path | None = None, device: str = "cpu"
+) -> tuple[GPT, TextTokenizer]:
+    """Model and tokenizer from a run/checkpoint/saved-model dir or an HF GPT-2 dir."""
+    path = Path(checkpoint)
+    hf_config = path / HF_CONFIG_FILE
+    if hf_config.is_file() and "model_type" in (hf := json.loads(hf_config.read_text())):
+        model = load_hf_gpt2(path, device=device)
+        return model, load_tokenizer(tokenizer or path, eos_id=hf.get("eos_token_id"))
+    model_dir = resolve_model_dir(path)
+    model = load_pretrained(model_dir, device=device)
+    if tokenizer is None:
+        if not (model_dir / TOKENIZER_FILE).is_file():
+            raise ValueError(
+                f"{model_dir}: no {TOKENIZER_FILE} beside the model; pass tokenizer=PATH/TO/spm.model"
+            )
+        tokenizer = model_dir / TOKENIZER_FILE
+    return model, load_tokenizer(tokenizer)
+
+
+@hydra.main(config_path="../conf", config_name="generate", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        if cfg.checkpoint is None:
+            raise ValueError(
+                "checkpoint=PATH is required: a run dir, checkpoint dir, saved-model dir or HF GPT-2 dir"
+            )
+        model, tokenizer = load_for_generation(cfg.checkpoint, cfg.tokenizer, cfg.device)
+        prompt_ids = tokenizer.encode(cfg.prompt)
+        if not prompt_ids:  # an empty prompt starts a fresh document, which follows an EOS in training
+            if tokenizer.eos_id is None:
+                raise ValueError(
+                    "prompt is empty and the tokenizer has no EOS to start from; give prompt=..."
+                )
+            prompt_ids = [tokenizer.eos_id]
+        idx = torch.tensor([prompt_ids] * cfg.num_samples, dtype=torch.long, device=cfg.device)
+        generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+        out = generate(
+            model,
+            idx,
+            cfg.max_new_tokens,
+            cfg.temperature,
+            cfg.top_k,
+            cfg.top_p,
+            generator,
+            eos_id=tokenizer.eos_id,
+        )
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    for i, row in enumerate(out.tolist()):
+        if i:
+            print("-" * 40)
+        print(tokenizer.decode(row))
+
+
+if __name__ == "__main__":
+    main()
