@@ -9,12 +9,15 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DATA_RAW ?= data/raw
 PYTEST_ARGS ?=
+DEMO_RUN ?= runs/tiny-demo
+# A few minutes of tiny-model training on 2 CPU ranks (about 9k tokens/s here).
+DEMO_TRAIN ?= model=tiny mixture=demo train.max_steps=400 eval.every=50 eval.sample_every=100 checkpoint.every=100
 STAMP := $(VENV)/.installed
 
 export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 
-.PHONY: setup data cluster demo test bench lint clean-runs
+.PHONY: setup data cluster demo test bench lint
 
 setup: $(STAMP)
 
@@ -28,12 +31,19 @@ $(STAMP): pyproject.toml
 
 data: setup
 	$(BIN)/python -m curation.sample_data $(DATA_RAW)
+	$(BIN)/python -m curation.assets
 
 cluster:
 	slurm/local-cluster.sh up
 
+# Curation (filter, dedup, quality, report, tokenizer, token files, mixture plan), then 2-rank
+# ZeRO-3 training; a rerun skips finished curation tasks and resumes from the final checkpoint.
 demo: setup data
-	$(BIN)/python -m demo
+	$(BIN)/python -m curation.run tokenizer=demo
+	$(BIN)/deepspeed --num_gpus 2 --module train run_dir=$(DEMO_RUN) $(DEMO_TRAIN)
+	@echo "================ demo summary"
+	@echo "curation report: data/report/curation.md (funnel: data/report/funnel.png)"
+	@$(BIN)/python -m train.summary $(DEMO_RUN)
 
 # The cluster is started when this machine can (root, or Slurm already there); the `slurm` tests
 # skip without it, and fail without it under CI=true.

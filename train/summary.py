@@ -1,0 +1,53 @@
+"""What a run learned, in a few lines: `python -m train.summary RUN_DIR` (printed at the end of `make demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def summarize(run_dir: Path) -> str:
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        raise SystemExit(f"summary: no {metrics_path}; has the run started?")
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    val = [(r["step"], r["val/bpb"], r["val/loss"]) for r in records if "val/bpb" in r]
+    train = [r for r in records if "train/loss" in r]
+    unigram = next((r["val/unigram_bpb"] for r in records if "val/unigram_bpb" in r), None)
+    samples = [r["samples/text"] for r in records if "samples/text" in r]
+    lines = [f"run: {run_dir}"]
+    if train:
+        last = train[-1]
+        lines.append(f"trained {last['step']} steps, {last['train/tokens_seen'] / 1e6:.2f}M tokens; "
+                     f"train loss {train[0]['train/loss']:.3f} -> {last['train/loss']:.3f}; "
+                     f"{last['train/tokens_per_sec']:.0f} tokens/s, MFU {last['train/mfu']:.1%}")
+    if val:
+        (first_step, first_bpb, _), (last_step, last_bpb, last_loss) = val[0], val[-1]
+        lines.append(f"val bpb: {first_bpb:.3f} (step {first_step}) -> {last_bpb:.3f} (step {last_step}); "
+                     f"val loss {last_loss:.3f}")
+    if unigram is not None and val:
+        verdict = "below" if val[-1][1] < unigram else "NOT below"
+        lines.append(f"unigram model of the training tokens: {unigram:.3f} bpb; the model is {verdict} it")
+    if samples:
+        lines.append(f"sample: {samples[-1]!r}")
+    wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    if wandb_runs:
+        lines.append(f"wandb (offline): {wandb_runs[-1]}  (upload with `wandb sync {wandb_runs[-1]}`)")
+    latest = run_dir / "checkpoints" / "latest"
+    if latest.is_file():
+        lines.append(f"checkpoint: {run_dir / 'checkpoints' / latest.read_text().strip()}  "
+                     f"(python -m model.generate checkpoint={run_dir} prompt=...)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run_dir", type=Path)
+    print(summarize(parser.parse_args().run_dir))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
