@@ -135,6 +135,9 @@ def run(cfg: DictConfig) -> int:
             _restore_rng(state["rng"][rank])
         log.info("resumed from %s at step %d (%d samples consumed)", resume_from, step, state["samples_consumed"])
 
+    if step >= total_steps:
+        log.info("%s is complete (%d of %d steps); nothing to do", run_dir, step, total_steps)
+        return 0
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
