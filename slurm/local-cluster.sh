@@ -89,14 +89,21 @@ PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
-pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A pid file names a live daemon only if that pid still runs the daemon (pids are reused after a reboot).
+pid_alive() {  # pidfile [name]
+    [ -s "$1" ] || return 1
+    local pid
+    pid=$(cat "$1")
+    kill -0 "$pid" 2>/dev/null || return 1
+    [ -z "${2:-}" ] || [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+}
 
 pidfile_of() { [ "$1" = munged ] && echo "$STATE/munge/munged.pid" || echo "$STATE/$1.pid"; }
 
 start_daemon() {  # name pidfile command...
     local name=$1 pidfile=$2
     shift 2
-    if pid_alive "$pidfile"; then
+    if pid_alive "$pidfile" "$name"; then
         return 0
     fi
     "$@" || die "$name did not start; log: $STATE/$name.log"
@@ -149,7 +156,7 @@ down() {
         grep -qx "$name" "$STATE/started" || continue
         local pidfile
         pidfile=$(pidfile_of "$name")
-        if pid_alive "$pidfile"; then
+        if pid_alive "$pidfile" "$name"; then
             local pid
             pid=$(cat "$pidfile")
             kill "$pid"
@@ -169,7 +176,7 @@ status() {
         log "no cluster answers"
     fi
     for name in munged slurmctld slurmd; do
-        if pid_alive "$(pidfile_of "$name")"; then
+        if pid_alive "$(pidfile_of "$name")" "$name"; then
             log "$name running (pid $(cat "$(pidfile_of "$name")"))$(grep -qx "$name" "$STATE/started" 2>/dev/null && echo ', started by this script')"
         fi
     done
