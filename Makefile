@@ -16,6 +16,8 @@ STAMP := $(VENV)/.installed
 
 export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
+# DeepSpeed JIT-builds a comm op on first use; one cache per venv, so two checkouts do not rebuild each other's.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
 .PHONY: setup data cluster demo test bench lint
 

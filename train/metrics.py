@@ -9,26 +9,44 @@ import json
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-# Dense bf16/fp32 matmul throughput per rank, for MFU when metrics.peak_flops is not set.
-# CPU figures: 2048^3 matmuls measured on this project's 2-core reference machine (NOTES.md),
-# per core, so a rank with one thread gets half; GPU figures are the vendors' dense tensor-core peaks.
-CPU_PEAK_PER_CORE = {"bf16": 615e9 / 2, "fp32": 129e9 / 2}
+import torch
+
+# Vendors' dense tensor-core peaks; fp32 is taken as half (TF32 is not what the trainer runs).
 GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10": 125e12}
 
 
-def default_peak_flops(precision: str, threads: int) -> float:
-    import torch
+def measure_matmul_flops(dtype: torch.dtype, size: int = 2048, budget_s: float = 0.5) -> float:
+    """FLOP/s of the fastest of a few `size`^3 matmuls run with this process's torch threads.
 
+    A CPU's sustainable matmul rate depends on its ISA (AMX, AVX-512), clocks and the threads a
+    rank gets, none of which a lookup table knows; half a second of measurement does. The fastest
+    repeat is kept because other processes on a shared machine can only slow a repeat down. Inputs
+    come from a private generator, so the global RNG stream (and exact resume) is untouched.
+    """
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
+    torch.mm(a, b)  # first call: oneDNN picks and JIT-compiles its kernel
+    seconds: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(seconds) < 3 or time.perf_counter() < deadline:
+        started = time.perf_counter()
+        torch.mm(a, b)
+        seconds.append(time.perf_counter() - started)
+    return 2 * size**3 / min(seconds)
+
+
+def default_peak_flops(precision: str) -> float:
+    """Per-rank peak for MFU when `metrics.peak_flops` is not set: a GPU's datasheet, a CPU's measured rate."""
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        for model, peak in GPU_PEAK_BF16.items():
-            if model in name:
-                return peak if precision == "bf16" else peak / 2
-        return 312e12
-    return CPU_PEAK_PER_CORE[precision] * threads
+        peak = next((value for model, value in GPU_PEAK_BF16.items() if model in name), GPU_PEAK_BF16["A100"])
+        return peak if precision == "bf16" else peak / 2
+    return measure_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
 def max_rss_gb() -> float:

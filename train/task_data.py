@@ -1,0 +1,220 @@
+"""Fine-tuning examples: JSONL rows read through the field names of a `conf/task/*.yaml`, laid out as GPT-1 does.
+
+Radford et al. 2018 (GPT-1), section 3.3: every task becomes token sequences the pretrained model
+can read, with a start token <s>, a delimiter $ and an extract token <e> added to the vocabulary;
+the head reads the final hidden state at <e>.
+
+    classification   <s> text <e>                      one row
+    entailment       <s> premise $ hypothesis <e>      one row
+    similarity       <s> a $ b <e>, <s> b $ a <e>      two rows, hidden states added
+    multiple_choice  <s> context $ answer_i <e>        one row per answer, scores soft-maxed
+    instruction      template(instruction, input) response EOS   loss on the response only
+
+A task yaml names the JSONL fields for each role (`fields.text: review` for IMDb,
+`fields.premise: sentence1` for SNLI), so a user's data needs no conversion; a role may list
+several fields, which are joined with a space (RACE: `context: [article, question]`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+IGNORE = -100
+KINDS = ("classification", "entailment", "similarity", "multiple_choice", "instruction")
+ROLES = {
+    "classification": ("text", "label"),
+    "entailment": ("premise", "hypothesis", "label"),
+    "similarity": ("a", "b", "score"),
+    "multiple_choice": ("context", "choices", "label"),
+    "instruction": ("instruction", "input", "response"),
+}
+
+
+class TaskError(ValueError):
+    """Bad task config or data; the message names the key or file:line and the fix."""
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    start: int
+    delim: int
+    extract: int
+
+
+@dataclass(frozen=True)
+class Example:
+    """Token rows of one example: the target is a class or answer index, a score, or unused (instruction)."""
+
+    rows: list[list[int]]
+    target: float
+    loss_start: int = 0  # instruction: first row position whose next token is scored
+
+
+@dataclass(frozen=True)
+class Batch:
+    idx: torch.Tensor  # (examples x rows, time) token ids, right-padded
+    extract: torch.Tensor  # (examples x rows,) position of <e> in each row
+    lm_targets: torch.Tensor  # (examples x rows, time) next token, IGNORE on padding and prompts
+    targets: torch.Tensor  # (examples,) class/answer index or score
+    rows_per_example: int
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str
+    fields: dict[str, list[str]]
+    labels: list[str] | None
+    prompt_template: str
+    prompt_template_no_input: str
+
+    @classmethod
+    def from_cfg(cls, task: Any) -> TaskSpec:
+        kind = task.type
+        if kind not in KINDS:
+            raise TaskError(f"task.type={kind!r} is not one of {', '.join(KINDS)}")
+        fields = {}
+        for role in ROLES[kind]:
+            names = task.fields.get(role) if task.get("fields") else None
+            if names is None:
+                raise TaskError(f"task.fields.{role} is missing: name the JSONL field that holds the {role} "
+                                f"of a {kind} example (task {task.name})")
+            fields[role] = [names] if isinstance(names, str) else list(names)
+        labels = [str(label) for label in task.labels] if task.get("labels") else None
+        if kind in ("classification", "entailment") and not labels:
+            raise TaskError(f"task.labels is missing for {kind} task {task.name}: list the label values, "
+                            "e.g. labels: [entailment, neutral, contradiction]")
+        return cls(task.name, kind, fields, labels, task.get("prompt_template") or "",
+                   task.get("prompt_template_no_input") or "")
+
+    @property
+    def needs_special_tokens(self) -> bool:
+        return self.kind != "instruction"
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the linear head: one logit per class; one score per row for similarity and choices."""
+        if self.kind in ("classification", "entailment"):
+            assert self.labels is not None
+            return len(self.labels)
+        return 0 if self.kind == "instruction" else 1
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    if not path.is_file():
+        raise TaskError(f"no task data at {path}; build the sample tasks with `python -m train.tasks build` or "
+                        "point the task's train/validation keys at your JSONL")
+    records = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((line_no, json.loads(line)))
+        except json.JSONDecodeError as bad:
+            raise TaskError(f"{path}:{line_no}: not JSON ({bad.msg}); one JSON object per line") from None
+    if not records:
+        raise TaskError(f"{path} holds no examples")
+    return records
+
+
+def _role(spec: TaskSpec, record: dict[str, Any], role: str, where: str) -> Any:
+    names = spec.fields[role]
+    missing = [name for name in names if name not in record]
+    if missing:
+        raise TaskError(f"{where}: no field {missing[0]!r} (task.fields.{role}); fields present: "
+                        f"{', '.join(record)}")
+    values = [record[name] for name in names]
+    return values[0] if len(values) == 1 else " ".join(str(v) for v in values)
+
+
+def _label_index(spec: TaskSpec, value: Any, where: str, count: int | None = None) -> int:
+    if spec.labels is not None:
+        if str(value) not in spec.labels:
+            raise TaskError(f"{where}: label {value!r} is not in task.labels {spec.labels}")
+        return spec.labels.index(str(value))
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+        raise TaskError(f"{where}: label {value!r} must be an answer index (or set task.labels to map it)")
+    if count is not None and not 0 <= int(value) < count:
+        raise TaskError(f"{where}: label {value} is out of range for {count} choices")
+    return int(value)
+
+
+def _fit(first: list[int], second: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Cut the longer segment first (down to half the budget) until both fit; a first segment followed
+    by a second keeps its end (the context nearest the answer), anything else keeps its start."""
+    if len(first) + len(second) <= budget:
+        return first, second
+    keep_second = min(len(second), max(budget // 2, budget - len(first)))
+    keep_first = budget - keep_second
+    return (first[len(first) - keep_first:] if second else first[:keep_first]), second[:keep_second]
+
+
+def encode_example(spec: TaskSpec, record: dict[str, Any], encode: Callable[[str], list[int]],
+                   special: SpecialTokens | None, eos_id: int | None, max_len: int, where: str) -> Example:
+    """One JSONL record -> the token rows of its layout, cut to `max_len` tokens per row."""
+    if spec.kind == "instruction":
+        instruction, given, response = (str(_role(spec, record, r, where)) for r in ROLES["instruction"])
+        template = spec.prompt_template if given.strip() else spec.prompt_template_no_input
+        prompt = encode(template.format(instruction=instruction, input=given))
+        answer = [*encode(response), *([eos_id] if eos_id is not None else [])]
+        prompt, answer = _fit(prompt, answer, max_len)
+        return Example([prompt + answer], 0.0, loss_start=max(len(prompt) - 1, 0))
+    assert special is not None
+    s, d, e = special.start, special.delim, special.extract
+    if spec.kind == "classification":
+        text, _ = _fit(encode(str(_role(spec, record, "text", where))), [], max_len - 2)
+        return Example([[s, *text, e]], _label_index(spec, _role(spec, record, "label", where), where))
+    if spec.kind == "entailment":
+        premise, hypothesis = _fit(encode(str(_role(spec, record, "premise", where))),
+                                   encode(str(_role(spec, record, "hypothesis", where))), max_len - 3)
+        return Example([[s, *premise, d, *hypothesis, e]],
+                       _label_index(spec, _role(spec, record, "label", where), where))
+    if spec.kind == "similarity":
+        a, b = (encode(str(_role(spec, record, r, where))) for r in ("a", "b"))
+        a, b = _fit(a, b, max_len - 3)
+        score = _role(spec, record, "score", where)
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            raise TaskError(f"{where}: score {score!r} must be a number")
+        return Example([[s, *a, d, *b, e], [s, *b, d, *a, e]], float(score))
+    choices = _role(spec, record, "choices", where)
+    if not isinstance(choices, list) or len(choices) < 2:
+        raise TaskError(f"{where}: {spec.fields['choices'][0]!r} must be a list of at least two answers")
+    context = encode(str(_role(spec, record, "context", where)))
+    rows = []
+    for choice in choices:
+        kept_context, answer = _fit(context, encode(str(choice)), max_len - 3)
+        rows.append([s, *kept_context, d, *answer, e])
+    return Example(rows, _label_index(spec, _role(spec, record, "label", where), where, len(choices)))
+
+
+def load_examples(spec: TaskSpec, path: Path, encode: Callable[[str], list[int]],
+                  special: SpecialTokens | None, eos_id: int | None, max_len: int) -> list[Example]:
+    examples = [encode_example(spec, record, encode, special, eos_id, max_len, f"{path}:{line_no}")
+                for line_no, record in read_jsonl(path)]
+    widths = {len(example.rows) for example in examples}
+    if len(widths) > 1:
+        raise TaskError(f"{path}: examples have {sorted(widths)} choices; every example of a task needs the same "
+                        "number (batches stack them)")
+    return examples
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> Batch:
+    """Right-pad every row to the longest; LM targets skip padding and, for instructions, the prompt."""
+    rows = [row for example in examples for row in example.rows]
+    starts = [example.loss_start for example in examples for _ in example.rows]
+    length = max(len(row) for row in rows)
+    idx = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    lm_targets = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
+        tokens = torch.tensor(row, dtype=torch.long)
+        idx[i, : len(row)] = tokens
+        lm_targets[i, start : len(row) - 1] = tokens[start + 1 :]
+    extract = torch.tensor([len(row) - 1 for row in rows], dtype=torch.long)
+    targets = torch.tensor([example.target for example in examples], dtype=torch.float32)
+    return Batch(idx, extract, lm_targets, targets, len(examples[0].rows))
