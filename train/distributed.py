@@ -12,6 +12,10 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,6 @@ def strip_launcher_args() -> None:
 
 def init_distributed() -> DistEnv:
     """Export the resolved names and start DeepSpeed's process group: NCCL on GPUs, gloo on CPU."""
-    import torch
-
     dist_env = resolve_env()
     os.environ.update(
         RANK=str(dist_env.rank),
@@ -98,3 +100,29 @@ def init_distributed() -> DistEnv:
         torch.cuda.set_device(dist_env.local_rank)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     return dist_env
+
+
+def gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank (collective)."""
+    if world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_across_ranks(value: float) -> float:
+    """The mean of a per-rank number, on every rank (collective), so all ranks take the same decisions."""
+    tensor = torch.tensor([value], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()
+    return float(tensor.item())
+
+
+def threads_per_rank(cfg: Any, world_size: int) -> int:
+    """`train.threads_per_rank`, or this process's CPUs shared among the ranks on its node."""
+    if cfg.train.threads_per_rank:
+        return int(cfg.train.threads_per_rank)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or world_size)
+    return max(1, len(os.sched_getaffinity(0)) // max(local_ranks, 1))

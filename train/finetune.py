@@ -32,10 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 from model.pretrained import TOKENIZER_FILE, load_pretrained, resolve_model_dir, save_pretrained
 from model.resize import add_tokens
 from train import checkpoint
-from train.distributed import init_distributed, strip_launcher_args
+from train.distributed import (
+    gather_objects,
+    init_distributed,
+    mean_across_ranks,
+    strip_launcher_args,
+    threads_per_rank,
+)
 from train.ds_config import ConfigError, build_ds_config, grad_accum_steps, resolve_precision
 from train.heads import TaskModel, objective
-from train.loop import _gather, _mean_across_ranks, _threads_per_rank
 from train.metrics import MetricsLogger, max_rss_gb
 from train.optim import SkippableAdamW, lr_at, param_groups
 from train.task_data import IGNORE, Example, SpecialTokens, TaskError, TaskSpec, collate, load_examples
@@ -78,7 +83,7 @@ def validate(engine: Any, spec: TaskSpec, examples: list[Example], micro_batch: 
             values = outputs.float() if spec.kind == "similarity" else outputs.float().argmax(-1)
             predictions += zip(chunk, values.tolist(), batch.targets.tolist(), strict=True)
     engine.train()
-    gathered = _gather((predictions, task_nats, lm_nats, lm_tokens), world_size)
+    gathered = gather_objects((predictions, task_nats, lm_nats, lm_tokens), world_size)
     predictions = [p for part in gathered for p in part[0]]
     task_nats, lm_nats, lm_tokens = (sum(part[i] for part in gathered) for i in (1, 2, 3))
     results = {"val/lm_loss": lm_nats / max(lm_tokens, 1.0)}
@@ -102,7 +107,7 @@ def run(cfg: DictConfig) -> int:
     rank, world_size = dist_env.rank, dist_env.world_size
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(message)s")
-    torch.set_num_threads(_threads_per_rank(cfg, world_size))
+    torch.set_num_threads(threads_per_rank(cfg, world_size))
     import deepspeed
     import sentencepiece as spm
 
@@ -171,7 +176,7 @@ def run(cfg: DictConfig) -> int:
                  precision, world_size)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics = MetricsLogger(run_dir, rank == 0, cfg.wandb, resolved, wandb_run_id)  # type: ignore[arg-type]
-    wandb_run_id = _gather(metrics.run_id, world_size)[0]
+    wandb_run_id = gather_objects(metrics.run_id, world_size)[0]
     task_info = {"name": spec.name, "type": spec.kind, "labels": spec.labels, "init": str(model_dir),
                  "special_tokens": special.__dict__ if special else None,
                  "prompt_template": spec.prompt_template or None,
@@ -210,7 +215,7 @@ def run(cfg: DictConfig) -> int:
         step += 1
         if step % cfg.train.log_every == 0:
             grad_norm = engine.get_global_grad_norm()
-            values = {f"train/{key}": _mean_across_ranks(value) for key, value in sums.items()}
+            values = {f"train/{key}": mean_across_ranks(value) for key, value in sums.items()}
             if spec.kind == "instruction":
                 del values["train/task_loss"]
             metrics.log(step, {**values, "train/lr": lr, "train/examples_seen": step * global_batch,

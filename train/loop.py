@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import random
 import sys
 import time
@@ -26,7 +25,7 @@ from model.generate import generate
 from model.loss import next_token_loss
 from train import checkpoint
 from train.data import MixtureData, Prefetcher
-from train.distributed import init_distributed
+from train.distributed import gather_objects, init_distributed, mean_across_ranks, threads_per_rank
 from train.ds_config import ConfigError, build_ds_config, grad_accum_steps, resolve_precision
 from train.evaluate import zero_shot_metrics
 from train.metrics import MetricsLogger, default_peak_flops, max_rss_gb
@@ -56,36 +55,13 @@ def _restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
 
 
-def _gather(obj: Any, world_size: int) -> list[Any]:
-    if world_size == 1:
-        return [obj]
-    out: list[Any] = [None] * world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _mean_across_ranks(value: float) -> float:
-    tensor = torch.tensor([value], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-        tensor /= dist.get_world_size()
-    return float(tensor.item())
-
-
-def _threads_per_rank(cfg: DictConfig, world_size: int) -> int:
-    if cfg.train.threads_per_rank:
-        return int(cfg.train.threads_per_rank)
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or world_size)
-    return max(1, len(os.sched_getaffinity(0)) // max(local_ranks, 1))
-
-
 def run(cfg: DictConfig) -> int:
     """Train until the schedule ends or a stop signal arrives; returns the process exit code."""
     dist_env = init_distributed()
     rank, world_size = dist_env.rank, dist_env.world_size
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s [rank%(rank)s] %(message)s".replace("%(rank)s", str(rank)))
-    torch.set_num_threads(_threads_per_rank(cfg, world_size))
+    torch.set_num_threads(threads_per_rank(cfg, world_size))
     import deepspeed
 
     run_dir = Path(cfg.run_dir)
@@ -146,7 +122,7 @@ def run(cfg: DictConfig) -> int:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics = MetricsLogger(run_dir, rank == 0, cfg.wandb, resolved, wandb_run_id)  # type: ignore[arg-type]
-    wandb_run_id = _gather(metrics.run_id, world_size)[0]
+    wandb_run_id = gather_objects(metrics.run_id, world_size)[0]
 
     tokenizer_model = Path(cfg.data.tokenizer_dir) / "spm.model"
     token_bytes = token_byte_lengths(tokenizer_model, data.vocab_size)
@@ -155,7 +131,7 @@ def run(cfg: DictConfig) -> int:
     tokenizer = spm.SentencePieceProcessor(model_file=str(tokenizer_model))
     flops_token = flops_per_token(model_config, seq_len)
     # Each rank measures the matmul rate it gets (CPU) before the data thread starts; MFU uses their mean.
-    peak_flops = cfg.metrics.peak_flops or _mean_across_ranks(default_peak_flops(precision))
+    peak_flops = cfg.metrics.peak_flops or mean_across_ranks(default_peak_flops(precision))
     metrics.log(step, {"sys/peak_flops": peak_flops})
     if rank == 0 and state is None:
         log.info("model %s: %.2fM parameters; %d steps of %d x %d tokens; grad accum %d; %s; %d ranks",
@@ -168,7 +144,7 @@ def run(cfg: DictConfig) -> int:
             "step": step, "samples_consumed": step * global_batch, "tokens_seen": tokens_seen,
             "world_size": world_size, "global_batch_size": global_batch, "seq_len": seq_len,
             "total_steps": total_steps, "wandb_run_id": wandb_run_id, "data": data_hashes,
-            "spike_guard": guard.state_dict(), "rng": _gather(_rng_state(), world_size),
+            "spike_guard": guard.state_dict(), "rng": gather_objects(_rng_state(), world_size),
         }
         path = checkpoint.save(engine, checkpoints_dir, step, trainer_state, cfg.checkpoint.keep_last,
                                cfg.checkpoint.export_model, tokenizer_model)
@@ -208,7 +184,7 @@ def run(cfg: DictConfig) -> int:
             engine.backward(loss)
             micro_losses.append(loss.item())
             if k == accum - 1:
-                step_loss = _mean_across_ranks(sum(micro_losses) / accum)
+                step_loss = mean_across_ranks(sum(micro_losses) / accum)
                 optimizer.skip_next_step = guard.is_spike(step_loss)
             engine.step()
         skipped = optimizer.skip_next_step
