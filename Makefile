@@ -57,7 +57,7 @@ test: setup data
 
 bench: setup data
 	@mkdir -p bench/results
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check .
