@@ -66,6 +66,8 @@ $MARKER
 ClusterName=local
 SlurmctldHost=$host
 AuthType=auth/munge
+# A requeued job waits out the job credential lifetime before it starts again (default 120 s).
+AuthInfo=cred_expire=30
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres

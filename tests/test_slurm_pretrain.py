@@ -74,8 +74,9 @@ def test_preempted_job_checkpoints_requeues_and_resumes_without_gap(tmp_path: Pa
     wait_until(lambda: len(train_steps(run_dir)) >= 4, 300, "a few training steps")
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
     wait_until(lambda: job_field(job, "Restarts") == "1", 300, "the job to requeue itself")
-    # Slurm holds a requeued job back (Reason=BeginTime) for a while; release it now.
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+    # Slurm holds a requeued job back until the first run's credential expires (AuthInfo=cred_expire in
+    # slurm/local-cluster.sh); starting it earlier gets it killed ("Job credential revoked").
+    wait_until(lambda: "resumed from" in job_log(run_dir), 600, "the requeued job to resume")
     state = wait_for(job, timeout_s=600)
     log = job_log(run_dir)
     assert state == "COMPLETED", log[-3000:]
