@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,28 @@ def universal_copy(checkpoint: Path) -> Path:
         (target / ".complete").write_text("ok\n")
     _barrier()
     return universal_root
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a (re)started job continues from; `universal` when the rank count changed since the save."""
+
+    checkpoint: Path
+    state: dict[str, Any]
+    universal: bool
+
+
+def plan_resume(checkpoints_dir: Path, mode: str, world_size: int) -> Resume | None:
+    """`train.resume=auto`: the newest complete checkpoint, if any. Decided before deepspeed.initialize,
+    since loading a universal checkpoint needs `checkpoint.load_universal` in the DeepSpeed config."""
+    found = find_resume_checkpoint(checkpoints_dir) if mode == "auto" else None
+    if found is None:
+        return None
+    state = read_state(found)
+    return Resume(found, state, state["world_size"] != world_size)
+
+
+def load(engine: Any, resume: Resume) -> None:
+    """Load the DeepSpeed state of `resume` into `engine` (collective), converting it first if needed."""
+    load_dir = universal_copy(resume.checkpoint) if resume.universal else resume.checkpoint.parent
+    engine.load_checkpoint(str(load_dir), tag=resume.checkpoint.name, load_lr_scheduler_states=False)

@@ -146,11 +146,9 @@ def run(cfg: DictConfig) -> int:
 
     run_dir = Path(cfg.run_dir)
     checkpoints_dir = run_dir / "checkpoints"
-    resume_from = checkpoint.find_resume_checkpoint(checkpoints_dir) if cfg.train.resume == "auto" else None
-    state = checkpoint.read_state(resume_from) if resume_from else None
+    resume = checkpoint.plan_resume(checkpoints_dir, cfg.train.resume, world_size)
     ds_config = build_ds_config(cfg, world_size, precision)
-    rank_count_changed = state is not None and state["world_size"] != world_size
-    if rank_count_changed:
+    if resume is not None and resume.universal:
         ds_config["checkpoint"] = {"load_universal": True}
 
     model = TaskModel(gpt, spec.kind, spec.num_outputs, cfg.head_dropout)
@@ -158,12 +156,10 @@ def run(cfg: DictConfig) -> int:
                                betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     step, wandb_run_id = 0, None
-    if state is not None:
-        assert resume_from is not None
-        load_dir = checkpoint.universal_copy(resume_from) if rank_count_changed else checkpoints_dir
-        engine.load_checkpoint(str(load_dir), tag=resume_from.name, load_lr_scheduler_states=False)
-        step, wandb_run_id = state["step"], state["wandb_run_id"]
-        log.info("resumed from %s at step %d", resume_from, step)
+    if resume is not None:
+        checkpoint.load(engine, resume)
+        step, wandb_run_id = resume.state["step"], resume.state["wandb_run_id"]
+        log.info("resumed from %s at step %d", resume.checkpoint, step)
     if step >= total_steps:
         log.info("%s is complete (%d of %d steps); nothing to do", run_dir, step, total_steps)
         return 0

@@ -83,11 +83,9 @@ def run(cfg: DictConfig) -> int:
     stop_at = int(cfg.train.stop_at_step) if cfg.train.get("stop_at_step") else None
 
     checkpoints_dir = run_dir / "checkpoints"
-    resume_from = checkpoint.find_resume_checkpoint(checkpoints_dir) if cfg.train.resume == "auto" else None
-    state = checkpoint.read_state(resume_from) if resume_from else None
+    resume = checkpoint.plan_resume(checkpoints_dir, cfg.train.resume, world_size)
     ds_config = build_ds_config(cfg, world_size, precision)
-    rank_count_changed = state is not None and state["world_size"] != world_size
-    if rank_count_changed:
+    if resume is not None and resume.universal:
         ds_config["checkpoint"] = {"load_universal": True}
 
     torch.manual_seed(cfg.seed)
@@ -101,18 +99,18 @@ def run(cfg: DictConfig) -> int:
 
     step, tokens_seen, wandb_run_id = 0, 0, None
     guard = SpikeGuard(**{k: v for k, v in cfg.spike_guard.items()})
-    if state is not None:
-        assert resume_from is not None
-        load_dir = checkpoint.universal_copy(resume_from) if rank_count_changed else checkpoints_dir
-        engine.load_checkpoint(str(load_dir), tag=resume_from.name, load_lr_scheduler_states=False)
+    if resume is not None:
+        checkpoint.load(engine, resume)
+        state = resume.state
         if state["data"] != data_hashes:
             log.warning("resuming %s with other data or tokenizer than it was trained on: %s -> %s",
-                        resume_from, state["data"], data_hashes)
+                        resume.checkpoint, state["data"], data_hashes)
         step, tokens_seen, wandb_run_id = state["step"], state["tokens_seen"], state["wandb_run_id"]
         guard.load_state_dict(state["spike_guard"])
-        if not rank_count_changed:
+        if not resume.universal:
             _restore_rng(state["rng"][rank])
-        log.info("resumed from %s at step %d (%d samples consumed)", resume_from, step, state["samples_consumed"])
+        log.info("resumed from %s at step %d (%d samples consumed)", resume.checkpoint, step,
+                 state["samples_consumed"])
 
     if step >= total_steps:
         log.info("%s is complete (%d of %d steps); nothing to do", run_dir, step, total_steps)
@@ -133,7 +131,7 @@ def run(cfg: DictConfig) -> int:
     # Each rank measures the matmul rate it gets (CPU) before the data thread starts; MFU uses their mean.
     peak_flops = cfg.metrics.peak_flops or mean_across_ranks(default_peak_flops(precision))
     metrics.log(step, {"sys/peak_flops": peak_flops})
-    if rank == 0 and state is None:
+    if rank == 0 and resume is None:
         log.info("model %s: %.2fM parameters; %d steps of %d x %d tokens; grad accum %d; %s; %d ranks",
                  cfg.run_name, n_params / 1e6, total_steps, global_batch, seq_len, accum,
                  precision, world_size)
