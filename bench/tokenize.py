@@ -1,6 +1,6 @@
 """Tokenize-stage throughput against a raw sentencepiece encode, and the cost of GPT-3's 300B plan.
 
-    python bench/tokenize.py [--raw data/raw] [--vocab 8192] [--repeat 4]
+    python -m bench.tokenize [--raw data/raw] [--vocab 8192] [--repeat 4]
 
 1. The sample corpus (Wikipedia extracts, Austen, news text; --repeat copies) is written as curated JSONL and a
    tokenizer trained on it. Then, on the same documents, in the same run: `spm.encode(texts,
@@ -8,7 +8,8 @@
    val split, datatrove DocumentTokenizer, write token files, hash them). Tokens per CPU-second,
    i.e. per core; target: the stage at >= 0.8x of the raw encode.
 2. `python -m curation.mix mixture=gpt3 mix.tokens=300e9 mix.seq_len=2048 mix.plan_only=true` from
-   the paper's source sizes: wall time and peak RSS of the process.
+   the paper's source sizes: wall time and peak RSS of the process, and the worst prefix drift of its order
+   beside that of Megatron's blending loop on the same counts.
 
 Prints a table; writes bench/results/tokenize.json.
 """
@@ -97,7 +98,7 @@ def bench_gpt3_plan(work: Path) -> dict:
     subprocess.run(command, check=True, cwd=REPO, capture_output=True)
     wall = time.perf_counter() - start
     mixture = json.loads((work / "mix/gpt3/mixture.json").read_text())
-    return {"num_samples": mixture["num_samples"], "wall_s": wall,
+    return {"num_samples": mixture["num_samples"], "wall_s": wall, "max_prefix_drift": mixture["max_prefix_drift"],
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
             "plan_bytes": sum(p.stat().st_size for p in (work / "mix/gpt3").glob("*.npy"))}
 
@@ -122,6 +123,9 @@ def main() -> None:
     print(f"ratio stage / raw: {tok['ratio_stage_to_raw']:.2f}x (target >= 0.8x)")
     print(f"\nGPT-3 300B-token plan from counts: {plan['num_samples']:,} samples, {plan['wall_s']:.1f} s, "
           f"peak RSS {plan['peak_rss_gb']:.2f} GB, {plan['plan_bytes'] / 2**30:.2f} GiB of .npy")
+    drift = plan["max_prefix_drift"]
+    print(f"worst prefix drift from the shares: {drift['samples']:.3f} samples "
+          f"(Megatron's blending loop on the same counts: {drift['megatron_samples']:.3f})")
     out = REPO / "bench/results/tokenize.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -28,7 +28,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from curation.manifest import MANIFEST, code_version, file_sha256
-from curation.mix_plan import MAX_SAMPLES, allocate_samples, interleave, normalized_weights, window_indices
+from curation.mix_plan import (
+    MAX_SAMPLES,
+    allocate_samples,
+    drift_bounds,
+    interleave,
+    normalized_weights,
+    window_indices,
+)
 from curation.tokens_manifest import BadInput, load_source_tokens, write_json
 
 NO_CAP = np.iinfo(np.int64).max
@@ -89,16 +96,19 @@ def _npy_writer(path: Path, dtype: np.dtype, length: int) -> Iterator[BinaryIO]:
 
 
 def _write_plan(out: Path, counts: np.ndarray, windows: np.ndarray, names: list[str], seed: int,
-                chunk: int, source_dtype: np.dtype) -> None:
+                chunk: int, source_dtype: np.dtype) -> dict[str, float]:
+    """Write plan_source.npy and plan_sample.npy; return the order's worst prefix drift beside Megatron's."""
     total = int(counts.sum())
+    bound, greedy = drift_bounds(counts, chunk)
     with _npy_writer(out / "plan_source.npy", source_dtype, total) as plan_source, \
             _npy_writer(out / "plan_sample.npy", np.dtype("<i8"), total) as plan_sample:
-        for _, sources, samples in interleave(counts, chunk):
+        for _, sources, samples in interleave(counts, chunk, bound):
             for i in np.unique(sources):
                 here = sources == i
                 samples[here] = window_indices(samples[here], int(windows[i]), seed, names[i])
             plan_source.write(sources.astype(source_dtype).tobytes())
             plan_sample.write(samples.astype("<i8").tobytes())
+    return {"samples": bound / total, "megatron_samples": greedy / total}
 
 
 def build_mix(cfg: DictConfig) -> Path:
@@ -127,7 +137,7 @@ def build_mix(cfg: DictConfig) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     source_dtype = np.dtype(np.uint8 if len(names) <= np.iinfo(np.uint8).max + 1 else np.int16)
-    _write_plan(tmp, counts, windows, names, seed, int(settings.chunk_samples), source_dtype)
+    drift = _write_plan(tmp, counts, windows, names, seed, int(settings.chunk_samples), source_dtype)
 
     first = sources[0]["manifest"]
     described = []
@@ -158,6 +168,7 @@ def build_mix(cfg: DictConfig) -> Path:
         "eos_id": first["eos_id"] if first else None,
         "plan_only": bool(settings.plan_only),
         "plan_source_dtype": source_dtype.name,
+        "max_prefix_drift": drift,
         "sources": described,
     }
     write_json(tmp / "mixture.json", description)
@@ -184,6 +195,9 @@ def _print_summary(description: dict[str, Any]) -> None:
     for s in description["sources"]:
         print(f"{s['name']:<12} {s['weight']:>7.4f} {s['measured_share']:>7.4f} {s['tokens_planned']:>16,} "
               f"{s['tokens_available']:>16,} {s['epochs']:>7.2f}")
+    drift = description["max_prefix_drift"]
+    print(f"every prefix of the order is within {drift['samples']:.3f} samples of each source's share "
+          f"(Megatron's blending loop: {drift['megatron_samples']:.3f})")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
