@@ -7,6 +7,7 @@
 Training: forward + backward + AdamW step, tokens/s in fp32, under bf16 autocast, and under bf16
 autocast with both models torch.compile'd, with MFU against this CPU's matmul peak measured in the
 same run. Generation: greedy tokens/s with a KV cache (ours) against `generate` (theirs), fp32.
+Each case runs in a fresh process (both models in it, alternating), as a training run would.
 Writes bench/results/model.json.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,6 +128,28 @@ def generation(name: str, new_tokens: int, prompt_len: int = 32) -> Callable[[],
     return run
 
 
+def measure_case(case: str, steps: int, new_tokens: int) -> dict[str, float]:
+    """Tokens/s of ours and HF for one case, alternating between them in this process."""
+    if case == "generate_fp32":
+        decodes = {name: generation(name, new_tokens) for name in ("ours", "hf")}
+        return {name: new_tokens / t for name, t in interleaved_best_seconds(decodes, repeats=3, warmup=1).items()}
+    bf16, compiled = case.startswith("bf16"), case.endswith("compiled")
+    runs = {name: train_step(name, bf16, compiled) for name in ("ours", "hf")}
+    seconds = interleaved_best_seconds(runs, repeats=steps, warmup=3 if compiled else 2)
+    return {name: BATCH * SEQ / t for name, t in seconds.items()}
+
+
+def case_in_fresh_process(case: str, args: argparse.Namespace) -> dict[str, float]:
+    """Each case in its own interpreter, as a training run starts: the heap an earlier case grew (fp32
+    activations are twice the size) would spare the later one page faults a real run pays."""
+    command = [sys.executable, "-m", "bench.model", "--case", case, "--steps", str(args.steps),
+               "--new-tokens", str(args.new_tokens)]
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"bench.model: case {case} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -132,22 +157,18 @@ def main() -> None:
     )
     parser.add_argument("--new-tokens", type=int, default=200, help="generated tokens per generation case")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile (both models) bf16 row")
+    parser.add_argument("--case", help="measure this one case and print its JSON (what main runs per process)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
+    if args.case:
+        print(json.dumps(measure_case(args.case, args.steps, args.new_tokens)))
+        return
 
     peaks = [{"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}]
     flops = flops_per_token(CONFIG, SEQ)
-    train = {}
-    for case in ("fp32", "bf16") if args.no_compile else ("fp32", "bf16", "bf16_compiled"):
-        bf16, compiled = case.startswith("bf16"), case.endswith("compiled")
-        steps = {name: train_step(name, bf16, compiled) for name in ("ours", "hf")}
-        seconds = interleaved_best_seconds(steps, repeats=args.steps, warmup=3 if compiled else 2)
-        train[case] = {name: BATCH * SEQ / t for name, t in seconds.items()}
-    decodes = {name: generation(name, args.new_tokens) for name in ("ours", "hf")}
-    gen = {
-        name: args.new_tokens / t
-        for name, t in interleaved_best_seconds(decodes, repeats=3, warmup=1).items()
-    }
+    cases = ("fp32", "bf16") if args.no_compile else ("fp32", "bf16", "bf16_compiled")
+    train = {case: case_in_fresh_process(case, args) for case in cases}
+    gen = case_in_fresh_process("generate_fp32", args)
     # Measured again at the end: the better of the two is the less disturbed by other processes.
     peaks.append({"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)})
     peak = {precision: max(p[precision] for p in peaks) for precision in ("fp32", "bf16")}
