@@ -1,6 +1,7 @@
 """The sample order of a weighted mixture: which source, and which window of it, each sample reads.
 
-Pure numpy, no files, so the 146M-sample GPT-3 plan is built chunk by chunk in bounded memory.
+numpy and one numba-compiled loop, no files, so the 146M-sample GPT-3 plan is built chunk by chunk in
+bounded memory.
 
 Interleaving: after any prefix of t samples, source i should hold n_i t / N of them; the worst
 miss over all prefixes and sources is the order's drift. Keeping the drift within a bound D makes
