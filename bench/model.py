@@ -7,7 +7,8 @@
 Training: forward + backward + AdamW step, tokens/s in fp32, under bf16 autocast, and under bf16
 autocast with both models torch.compile'd, with MFU against this CPU's matmul peak measured in the
 same run. Generation: greedy tokens/s with a KV cache (ours) against `generate` (theirs), fp32.
-Each case runs in a fresh process (both models in it, alternating), as a training run would.
+Each model and case runs in its own process, as a training run does, ours and HF alternating over
+rounds; a process reports the median of its timed steps, a model the best of its rounds.
 Writes bench/results/model.json.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -58,8 +60,15 @@ def hf_model() -> GPT2LMHeadModel:
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of the fastest of `repeats` square matmuls: the ceiling MFU is measured against."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    seconds = interleaved_best_seconds({"matmul": lambda: a @ b}, repeats=repeats, warmup=1)["matmul"]
+    a @ b  # warm-up: oneDNN kernel choice
+    seconds = min(timed(lambda: a @ b) for _ in range(repeats))  # other processes only ever add time
     return 2 * size**3 / seconds
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
 
 
 def train_step(name: str, bf16: bool, compiled: bool = False) -> Callable[[], None]:
@@ -81,24 +90,6 @@ def train_step(name: str, bf16: bool, compiled: bool = False) -> Callable[[], No
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def interleaved_best_seconds(
-    runs: dict[str, Callable[[], object]], repeats: int, warmup: int
-) -> dict[str, float]:
-    """Fastest time of each run, alternating between them.
-
-    On a shared machine other processes only ever add time, so the minimum is the estimate least
-    disturbed by them (timeit's reasoning); alternating exposes both models to the same load.
-    """
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(warmup + repeats):  # warm-up: allocator, oneDNN kernel choice, optimizer state
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}
 
 
 def generation(name: str, new_tokens: int, prompt_len: int = 32) -> Callable[[], None]:
@@ -128,47 +119,59 @@ def generation(name: str, new_tokens: int, prompt_len: int = 32) -> Callable[[],
     return run
 
 
-def measure_case(case: str, steps: int, new_tokens: int) -> dict[str, float]:
-    """Tokens/s of ours and HF for one case, alternating between them in this process."""
+def measure(case: str, name: str, steps: int, new_tokens: int) -> float:
+    """Tokens/s of one model in one case: the median over `steps` timed runs after warm-up."""
     if case == "generate_fp32":
-        decodes = {name: generation(name, new_tokens) for name in ("ours", "hf")}
-        return {name: new_tokens / t for name, t in interleaved_best_seconds(decodes, repeats=3, warmup=1).items()}
-    bf16, compiled = case.startswith("bf16"), case.endswith("compiled")
-    runs = {name: train_step(name, bf16, compiled) for name in ("ours", "hf")}
-    seconds = interleaved_best_seconds(runs, repeats=steps, warmup=3 if compiled else 2)
-    return {name: BATCH * SEQ / t for name, t in seconds.items()}
+        run, tokens, warmup, steps = generation(name, new_tokens), new_tokens, 1, 3
+    else:
+        run, tokens, warmup = train_step(name, case.startswith("bf16"), case.endswith("compiled")), BATCH * SEQ, 3
+    for _ in range(warmup):  # allocator growth, oneDNN kernel choice, optimizer state, compilation
+        run()
+    return tokens / statistics.median(timed(run) for _ in range(steps))
 
 
-def case_in_fresh_process(case: str, args: argparse.Namespace) -> dict[str, float]:
-    """Each case in its own interpreter, as a training run starts: the heap an earlier case grew (fp32
-    activations are twice the size) would spare the later one page faults a real run pays."""
-    command = [sys.executable, "-m", "bench.model", "--case", case, "--steps", str(args.steps),
+def measure_in_fresh_process(case: str, name: str, args: argparse.Namespace) -> float:
+    """One model and case per interpreter, as a training run is: what an earlier case or the other model
+    left in the heap (glibc keeps freed memory, so a grown heap spares page faults) cannot help it."""
+    command = [sys.executable, "-m", "bench.model", "--case", case, "--model", name, "--steps", str(args.steps),
                "--new-tokens", str(args.new_tokens)]
     result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"bench.model: case {case} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.splitlines()[-1])
+        sys.exit(f"bench.model: {name} {case} failed:\n{result.stderr[-3000:]}")
+    return float(result.stdout.splitlines()[-1])
+
+
+def measure_case(case: str, args: argparse.Namespace) -> dict[str, float]:
+    """Ours and HF in alternating processes over `rounds`; the best round of each, since on a shared
+    machine other processes only ever add time."""
+    tokens_per_s: dict[str, list[float]] = {"ours": [], "hf": []}
+    for _ in range(args.rounds):
+        for name, results in tokens_per_s.items():
+            results.append(measure_in_fresh_process(case, name, args))
+    return {name: max(results) for name, results in tokens_per_s.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--steps", type=int, default=8, help="timed training steps per model and precision (best of)"
+        "--steps", type=int, default=10, help="timed training steps per process (median of)"
     )
     parser.add_argument("--new-tokens", type=int, default=200, help="generated tokens per generation case")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile (both models) bf16 row")
-    parser.add_argument("--case", help="measure this one case and print its JSON (what main runs per process)")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per model and case (best of)")
+    parser.add_argument("--case", help="with --model: measure this one case in this process, print tokens/s")
+    parser.add_argument("--model", choices=("ours", "hf"))
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     if args.case:
-        print(json.dumps(measure_case(args.case, args.steps, args.new_tokens)))
+        print(measure(args.case, args.model, args.steps, args.new_tokens))
         return
 
     peaks = [{"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}]
     flops = flops_per_token(CONFIG, SEQ)
     cases = ("fp32", "bf16") if args.no_compile else ("fp32", "bf16", "bf16_compiled")
-    train = {case: case_in_fresh_process(case, args) for case in cases}
-    gen = case_in_fresh_process("generate_fp32", args)
+    train = {case: measure_case(case, args) for case in cases}
+    gen = measure_case("generate_fp32", args)
     # Measured again at the end: the better of the two is the less disturbed by other processes.
     peaks.append({"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)})
     peak = {precision: max(p[precision] for p in peaks) for precision in ("fp32", "bf16")}
