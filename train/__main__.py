@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
@@ -15,14 +13,9 @@ def main(cfg: DictConfig) -> None:
     from train.data import DataError
     from train.ds_config import ConfigError
     from train.loop import run
+    from train.preflight import exit_after
 
-    try:
-        code = run(cfg)
-    except (ConfigError, DataError) as refusal:
-        print(f"train: {refusal}", file=sys.stderr)
-        sys.exit(2)
-    if code:
-        sys.exit(code)
+    exit_after("train", lambda: run(cfg), (ConfigError, DataError))
 
 
 if __name__ == "__main__":

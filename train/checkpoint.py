@@ -9,6 +9,7 @@ the `latest` pointer replaced, so a job killed at any moment leaves the previous
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,10 +21,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
 TMP_SUFFIX = ".tmp"
+
+log = logging.getLogger("train")
 
 
 def tag_for(step: int) -> str:
@@ -160,3 +164,15 @@ def load(engine: Any, resume: Resume) -> None:
     """Load the DeepSpeed state of `resume` into `engine` (collective), converting it first if needed."""
     load_dir = universal_copy(resume.checkpoint) if resume.universal else resume.checkpoint.parent
     engine.load_checkpoint(str(load_dir), tag=resume.checkpoint.name, load_lr_scheduler_states=False)
+
+
+def start_run(run_dir: Path, cfg: DictConfig, rank: int, step: int, total_steps: int) -> bool:
+    """False when the run already reached `total_steps` (a rerun of a finished job does nothing);
+    otherwise rank 0 writes the resolved config.yaml, so the run dir says what it was started with."""
+    if step >= total_steps:
+        log.info("%s is complete (%d of %d steps); nothing to do", run_dir, step, total_steps)
+        return False
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return True

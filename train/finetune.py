@@ -43,6 +43,7 @@ from train.ds_config import ConfigError, build_ds_config, grad_accum_steps, reso
 from train.heads import TaskModel, objective
 from train.metrics import MetricsLogger, max_rss_gb
 from train.optim import SkippableAdamW, lr_at, param_groups
+from train.preflight import exit_after
 from train.task_data import IGNORE, Example, SpecialTokens, TaskError, TaskSpec, collate, load_examples
 
 log = logging.getLogger("train.finetune")
@@ -160,13 +161,9 @@ def run(cfg: DictConfig) -> int:
         checkpoint.load(engine, resume)
         step, wandb_run_id = resume.state["step"], resume.state["wandb_run_id"]
         log.info("resumed from %s at step %d", resume.checkpoint, step)
-    if step >= total_steps:
-        log.info("%s is complete (%d of %d steps); nothing to do", run_dir, step, total_steps)
+    if not checkpoint.start_run(run_dir, cfg, rank, step, total_steps):
         return 0
-
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         log.info("fine-tuning %s (%s) from %s: %d train / %d validation examples, %d steps of %d; %s; %d ranks",
                  spec.name, spec.kind, model_dir, len(train_set), len(val_set), total_steps, global_batch,
                  precision, world_size)
@@ -236,13 +233,7 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(config_path="../conf", config_name="finetune", version_base=None)
 def main(cfg: DictConfig) -> None:
-    try:
-        code = run(cfg)
-    except (ConfigError, TaskError) as refusal:
-        print(f"finetune: {refusal}", file=sys.stderr)
-        sys.exit(2)
-    if code:
-        sys.exit(code)
+    exit_after("finetune", lambda: run(cfg), (ConfigError, TaskError))
 
 
 if __name__ == "__main__":

@@ -112,12 +112,8 @@ def run(cfg: DictConfig) -> int:
         log.info("resumed from %s at step %d (%d samples consumed)", resume.checkpoint, step,
                  state["samples_consumed"])
 
-    if step >= total_steps:
-        log.info("%s is complete (%d of %d steps); nothing to do", run_dir, step, total_steps)
+    if not checkpoint.start_run(run_dir, cfg, rank, step, total_steps):
         return 0
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics = MetricsLogger(run_dir, rank == 0, cfg.wandb, resolved, wandb_run_id)  # type: ignore[arg-type]
     wandb_run_id = gather_objects(metrics.run_id, world_size)[0]

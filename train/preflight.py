@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -10,6 +12,18 @@ from omegaconf import DictConfig, OmegaConf
 from model import GPTConfig
 from train.data import DataError, MixtureData, sha256_of
 from train.ds_config import ConfigError
+
+
+def exit_after(command: str, run: Callable[[], int], refusals: tuple[type[Exception], ...]) -> None:
+    """The end of an entry point: a refusal is one `<command>: ...` line on stderr and exit 2 (no
+    traceback: the message already names the key or file and the fix); a nonzero result is the exit code."""
+    try:
+        code = run()
+    except refusals as refusal:
+        print(f"{command}: {refusal}", file=sys.stderr)
+        sys.exit(2)
+    if code:
+        sys.exit(code)
 
 
 def check_run(cfg: DictConfig, data: MixtureData) -> dict[str, str]:
