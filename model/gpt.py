@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from model.attention import attention
 from model.config import GPTConfig
 from model.kv_cache import KVCache
 
@@ -65,9 +66,7 @@ class CausalSelfAttention(nn.Module):
                 # New queries sit after `start` cached positions: query i sees keys [0, start + i].
                 mask = torch.ones(seq, start + seq, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 is_causal = False
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = attention(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(batch, seq, width)))
 
 
