@@ -12,6 +12,7 @@ import pytest
 
 from tests.train_fixtures import make_data_root
 from train.checkpoint import complete_checkpoints, find_resume_checkpoint
+from train.shm_collectives import ranks_share_one_machine
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_MODEL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
@@ -57,6 +58,30 @@ def wandb_ids(run_dir: Path) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("environ", "shared"), [
+    ({"LOCAL_SIZE": "2"}, True),  # the deepspeed launcher
+    ({"LOCAL_WORLD_SIZE": "1"}, False),  # torchrun, one rank on each of two nodes
+    ({"SLURM_NTASKS_PER_NODE": "2"}, True),
+    ({"SLURM_JOB_NUM_NODES": "1"}, True),  # srun --ntasks=2 on one node
+    ({"SLURM_JOB_NUM_NODES": "2"}, False),
+    ({}, False),  # nothing says where the other rank is
+])
+def test_shared_memory_collectives_need_every_rank_on_this_machine(environ: dict[str, str], shared: bool) -> None:
+    assert ranks_share_one_machine(2, environ) is shared
+
+
+def test_shared_memory_collectives_give_gloos_results(tmp_path: Path) -> None:
+    """ZeRO-3's reduce-scatter and all-gather through DeepSpeed's shm kernel, bit for bit against gloo."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(31500 + os.getpid() % 1000), "-m", "tests.shm_collectives_job", str(tmp_path)]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in range(2):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report == {"installed": True, "mismatches": []}
+
+
 def test_two_rank_zero3_bf16_run_writes_every_metric_and_a_checkpoint(tmp_path: Path, data_root: Path) -> None:
     run_dir = tmp_path / "run"
     launch(2, run_dir, data_root, "train.max_steps=4", "eval.every=2", "eval.sample_every=4", "precision=bf16")

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from train import shm_collectives
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -82,7 +84,11 @@ def strip_launcher_args() -> None:
 
 
 def init_distributed() -> DistEnv:
-    """Export the resolved names and start DeepSpeed's process group: NCCL on GPUs, gloo on CPU."""
+    """Export the resolved names and start DeepSpeed's process group: NCCL on GPUs, gloo on CPU.
+
+    On CPU with every rank on one machine, ZeRO-3's reduce-scatter and all-gather then go through
+    DeepSpeed's shared-memory kernel instead of gloo (train/shm_collectives.py).
+    """
     dist_env = resolve_env()
     os.environ.update(
         RANK=str(dist_env.rank),
@@ -91,14 +97,19 @@ def init_distributed() -> DistEnv:
         MASTER_ADDR=dist_env.master_addr,
         MASTER_PORT=str(dist_env.master_port),
     )
-    if not torch.cuda.is_available():
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if shm_collectives.ranks_share_one_machine(dist_env.world_size):
+            os.environ.setdefault("LOCAL_SIZE", str(dist_env.world_size))  # starts DeepSpeed's shm kernel
     import deepspeed
+    from deepspeed.comm import comm as ds_comm
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
+    if not on_cpu:
         torch.cuda.set_device(dist_env.local_rank)
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl", auto_mpi_discovery=False)
+    if on_cpu:
+        shm_collectives.install(ds_comm.cdb)
     return dist_env
 
 

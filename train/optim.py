@@ -15,10 +15,14 @@ class SkippableAdamW(torch.optim.AdamW):
     DeepSpeed calls `step()` at every gradient-accumulation boundary (and zeroes the gradients
     afterwards); the spike guard sets `skip_next_step` before that boundary when the step's loss
     is not to be trusted, which leaves parameters and optimizer state exactly as they were.
+
+    Fused by default: one vectorised pass over each of ZeRO's flat fp32 partitions, where torch's
+    CPU default is the op-by-op loop (measured on one thread for a 7M-parameter partition, as each
+    of bench/train.py's two ranks holds: 8.9 ms against 32.6 ms).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, fused: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, fused=fused, **kwargs)
         self.skip_next_step = False
 
     @torch.no_grad()
