@@ -58,6 +58,7 @@ def build_ds_config(cfg: Any, world_size: int, precision: str) -> dict[str, Any]
     if zero.stage == 3:
         zero_config["stage3_prefetch_bucket_size"] = int(zero.stage3_prefetch_bucket_size)
         zero_config["stage3_param_persistence_threshold"] = int(zero.stage3_param_persistence_threshold)
+        zero_config["memory_efficient_linear"] = bool(zero.memory_efficient_linear)
     for part in ("optimizer", "param"):
         device = zero[f"offload_{part}"]
         if device not in ("none", "cpu"):
