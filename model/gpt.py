@@ -10,37 +10,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.attention import attention
 from model.config import GPTConfig
+from model.gelu import gelu_tanh
 from model.kv_cache import KVCache
 
 INIT_STD = 0.02
-_GELU_A = 2 * math.sqrt(2 / math.pi)  # 2u = x * (_GELU_A + _GELU_B * x^2), u the tanh argument
-_GELU_B = _GELU_A * 0.044715
-
-
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GPT-2's GELU, 0.5 x (1 + tanh(u)), as the identical x * sigmoid(2u).
-
-    Compiled, it is one fused pass forward and one backward. Eager torch's tanh-GELU kernel is
-    slow on CPU (measured 13 ms forward + backward for one layer's (2048, 1536) bf16 activations
-    on one thread, against 6 ms here): the same reason Megatron-LM fuses its bias-GELU.
-    """
-    return x * torch.sigmoid(x * (_GELU_A + _GELU_B * x * x))
-
-
-_gelu_tanh_fused = torch.compile(_gelu_tanh, dynamic=True)
-_FUSED_GELU_MIN_ELEMENTS = 1 << 16  # below this, eager's ~4 us beats the compiled call's ~30 us overhead (decoding)
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    if x.numel() < _FUSED_GELU_MIN_ELEMENTS:
-        return F.gelu(x, approximate="tanh")
-    return _gelu_tanh_fused(x)
 
 
 class CausalSelfAttention(nn.Module):

@@ -13,6 +13,7 @@ import yaml
 from model import GPT, GPTConfig
 from model.attention import attention
 from model.flops import flops_per_token
+from model.gelu import gelu_tanh
 from model.loss import next_token_loss
 from model.presets import PRESETS_DIR, PUBLISHED_PARAMS, count_params, load_preset, preset_names
 from model.pretrained import load_pretrained, save_pretrained
@@ -102,6 +103,19 @@ def test_next_token_loss_has_the_fp32_cross_entropy_value_and_gradient(dtype):
     assert ours.dtype == torch.float32 and grad.dtype == dtype
     torch.testing.assert_close(ours, expected)
     torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("shape", [(4, 100), (300, 512)])  # eager below 64k elements, fused above
+def test_gelu_is_gpt2s_tanh_gelu_with_its_gradient(shape):
+    torch.manual_seed(0)
+    x = (torch.randn(shape, dtype=torch.float64) * 3).float().requires_grad_()
+    ours = gelu_tanh(x)
+    (grad,) = torch.autograd.grad(ours.sum(), x)
+    exact_x = x.detach().double().requires_grad_()
+    exact = F.gelu(exact_x, approximate="tanh")
+    (exact_grad,) = torch.autograd.grad(exact.sum(), exact_x)
+    torch.testing.assert_close(ours.double(), exact, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad.double(), exact_grad, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("seq", [100, 300])  # one query block; three, the last one partial
