@@ -6,6 +6,7 @@ Run under `torchrun --nproc_per_node 2` by tests/test_train.py; each rank writes
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +48,9 @@ def main(out_dir: Path) -> None:
                                     ("all_gather", from_copy, expected_full)):
                 if not torch.equal(got, want):
                     mismatches.append(f"{name} {dtype} {numel}: max diff {(got.float() - want.float()).abs().max()}")
-    (out_dir / f"rank{rank}.json").write_text(json.dumps({"installed": installed, "mismatches": mismatches}))
+    dist.barrier()  # every rank is past its setup
+    leftovers = [path.name for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{os.environ['MASTER_PORT']}_*")]
+    (out_dir / f"rank{rank}.json").write_text(json.dumps({"installed": installed, "mismatches": mismatches, "leftovers": leftovers}))
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def test_shared_memory_collectives_need_every_rank_on_this_machine(environ: dict
 
 
 def test_shared_memory_collectives_give_gloos_results(tmp_path: Path) -> None:
-    """ZeRO-3's reduce-scatter and all-gather through DeepSpeed's shm kernel, bit for bit against gloo."""
+    """ZeRO-3's reduce-scatter and all-gather through DeepSpeed's shm kernel, bit for bit against gloo; the
+    kernel's /dev/shm names are gone once the ranks are up (DeepSpeed alone leaves ~50 MB per rank per run)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(31500 + os.getpid() % 1000), "-m", "tests.shm_collectives_job", str(tmp_path)]
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
@@ -79,7 +80,7 @@ def test_shared_memory_collectives_give_gloos_results(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in range(2):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert report == {"installed": True, "mismatches": []}
+        assert report == {"installed": True, "mismatches": [], "leftovers": []}  # no /dev/shm buffer outlives a run
 
 
 def test_two_rank_zero3_bf16_run_writes_every_metric_and_a_checkpoint(tmp_path: Path, data_root: Path) -> None:

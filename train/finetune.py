@@ -39,10 +39,10 @@ from train.distributed import (
     strip_launcher_args,
     threads_per_rank,
 )
-from train.ds_config import ConfigError, build_ds_config, grad_accum_steps, resolve_precision
+from train.ds_config import ConfigError, build_ds_config, grad_accum_steps, resolve_precision, start_engine
 from train.heads import TaskModel, objective
 from train.metrics import MetricsLogger, max_rss_gb
-from train.optim import SkippableAdamW, lr_at, param_groups
+from train.optim import lr_at
 from train.preflight import exit_after
 from train.task_data import IGNORE, Example, SpecialTokens, TaskError, TaskSpec, collate, load_examples
 
@@ -109,7 +109,6 @@ def run(cfg: DictConfig) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(message)s")
     torch.set_num_threads(threads_per_rank(cfg, world_size))
-    import deepspeed
     import sentencepiece as spm
 
     spec = TaskSpec.from_cfg(cfg.task)
@@ -153,9 +152,7 @@ def run(cfg: DictConfig) -> int:
         ds_config["checkpoint"] = {"load_universal": True}
 
     model = TaskModel(gpt, spec.kind, spec.num_outputs, cfg.head_dropout)
-    optimizer = SkippableAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                               betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine, _ = start_engine(model, cfg, ds_config)
     step, wandb_run_id = 0, None
     if resume is not None:
         checkpoint.load(engine, resume)

@@ -26,10 +26,10 @@ from model.loss import next_token_loss
 from train import checkpoint
 from train.data import MixtureData, Prefetcher
 from train.distributed import gather_objects, init_distributed, mean_across_ranks, threads_per_rank
-from train.ds_config import ConfigError, build_ds_config, grad_accum_steps, resolve_precision
+from train.ds_config import ConfigError, build_ds_config, grad_accum_steps, resolve_precision, start_engine
 from train.evaluate import zero_shot_metrics
 from train.metrics import MetricsLogger, default_peak_flops, max_rss_gb
-from train.optim import SkippableAdamW, lr_at, param_groups
+from train.optim import lr_at
 from train.preflight import check_run, model_config_for
 from train.signals import EXIT_REQUEUE, REQUEUE_MARKER, StopRequest
 from train.spike_guard import SpikeGuard
@@ -62,7 +62,6 @@ def run(cfg: DictConfig) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s [rank%(rank)s] %(message)s".replace("%(rank)s", str(rank)))
     torch.set_num_threads(threads_per_rank(cfg, world_size))
-    import deepspeed
 
     run_dir = Path(cfg.run_dir)
     data_root = Path(cfg.paths.data_root)
@@ -91,9 +90,7 @@ def run(cfg: DictConfig) -> int:
     torch.manual_seed(cfg.seed)
     model = GPT(model_config)
     n_params = model.num_params()  # before ZeRO-3 partitions the parameters away
-    optimizer = SkippableAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                               betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    engine, optimizer = start_engine(model, cfg, ds_config)
     if cfg.train.compile:
         engine.compile()  # torch.compile (inductor) of the module; ZeRO-3's gather/release hooks stay eager
 
