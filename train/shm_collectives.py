@@ -57,7 +57,7 @@ def unlink_kernel_buffer() -> None:
     """
     name = Path("/dev/shm") / "_".join(("deepspeed_allreduce_buffer", str(os.getuid()), os.environ.get("MASTER_ADDR", ""),
                                         os.environ.get("MASTER_PORT", ""), str(dist.get_rank())))
-    if os.environ.get("LOCAL_SIZE") == str(dist.get_world_size()):  # DeepSpeed's own test for starting the kernel
+    if _kernel_started():
         dist.barrier()  # every rank has returned from the kernel's setup, which maps all the segments
         name.unlink(missing_ok=True)
 
@@ -73,7 +73,7 @@ def install(backend: Any) -> bool:
     kernel = getattr(backend, "shm_comm_op", None)
     all_reduce = getattr(getattr(torch.ops, "deepspeed", None), "inference_all_reduce_", None)
     world_size = dist.get_world_size()
-    if kernel is None or all_reduce is None or world_size < 2 or not ranks_share_one_machine(world_size):
+    if kernel is None or all_reduce is None or world_size < 2 or not _kernel_started():
         return False
     level, rank = kernel.vector_kernel_level(), dist.get_rank()
     group_reduce_scatter, group_all_gather = backend.reduce_scatter_tensor, backend.all_gather_into_tensor
@@ -109,7 +109,7 @@ def install(backend: Any) -> bool:
             return group_all_gather(output_tensor, input_tensor, group=group, async_op=async_op)
         flat, chunk = output_tensor.view(-1), own_chunk(output_tensor)
         if input_tensor.data_ptr() != chunk.data_ptr():
-            chunk.copy_(input_tensor.view(-1))
+            chunk.copy_(input_tensor.reshape(-1))
         start, end = rank * chunk.numel(), (rank + 1) * chunk.numel()
         flat[:start].zero_()
         flat[end:].zero_()
@@ -119,6 +119,12 @@ def install(backend: Any) -> bool:
     backend.reduce_scatter_tensor = reduce_scatter_tensor
     backend.all_gather_into_tensor = all_gather_into_tensor
     return True
+
+
+def _kernel_started() -> bool:
+    """DeepSpeed's own test (shm_interface.cpp, initialize): the kernel runs only when LOCAL_SIZE is the world size;
+    called without it, it faults."""
+    return os.environ.get("LOCAL_SIZE") == str(dist.get_world_size())
 
 
 def _is_sum(backend: Any, op: Any) -> bool:
