@@ -57,7 +57,6 @@ def wandb_ids(run_dir: Path) -> set[str]:
     return {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("environ", "shared"), [
     ({"LOCAL_SIZE": "2"}, True),  # the deepspeed launcher
     ({"LOCAL_WORLD_SIZE": "1"}, False),  # torchrun, one rank on each of two nodes
@@ -70,6 +69,7 @@ def test_shared_memory_collectives_need_every_rank_on_this_machine(environ: dict
     assert ranks_share_one_machine(2, environ) is shared
 
 
+@pytest.mark.slow
 def test_shared_memory_collectives_give_gloos_results(tmp_path: Path) -> None:
     """ZeRO-3's reduce-scatter and all-gather through DeepSpeed's shm kernel, bit for bit against gloo; the
     kernel's /dev/shm names are gone once the ranks are up (DeepSpeed alone leaves ~50 MB per rank per run)."""
@@ -83,6 +83,7 @@ def test_shared_memory_collectives_give_gloos_results(tmp_path: Path) -> None:
         assert report == {"installed": True, "mismatches": [], "leftovers": []}  # no /dev/shm buffer outlives a run
 
 
+@pytest.mark.slow
 def test_two_rank_zero3_bf16_run_writes_every_metric_and_a_checkpoint(tmp_path: Path, data_root: Path) -> None:
     run_dir = tmp_path / "run"
     launch(2, run_dir, data_root, "train.max_steps=4", "eval.every=2", "eval.sample_every=4", "precision=bf16")

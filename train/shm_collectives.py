@@ -16,7 +16,6 @@ its communication backend, so ZeRO-3's code paths are unchanged.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,5 +127,4 @@ def _kernel_started() -> bool:
 
 
 def _is_sum(backend: Any, op: Any) -> bool:
-    to_torch_op: Callable[[Any], Any] = getattr(backend, "_reduce_op", lambda value: value)
-    return to_torch_op(op) == dist.ReduceOp.SUM
+    return backend._reduce_op(op) == dist.ReduceOp.SUM  # DeepSpeed's ReduceOp, as torch's
