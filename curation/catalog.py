@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.extractors import Trafilatura
 from datatrove.pipeline.filters import (
     C4QualityFilter,
     FineWebQualityFilter,
@@ -21,6 +20,7 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.writers import JsonlWriter
 
+from curation.extraction import BookedTrafilatura
 from curation.filters import GutenbergStripper, OfflineLanguageFilter, OfflineURLFilter
 from curation.ledger import LedgerStep
 
@@ -39,7 +39,7 @@ def _without_writer(cls: type[PipelineStep]) -> Callable[..., PipelineStep]:
 
 
 STEPS: dict[str, Callable[..., PipelineStep]] = {
-    "extract": _without_writer(Trafilatura),
+    "extract": _without_writer(BookedTrafilatura),
     "url_filter": _with_writer(OfflineURLFilter),
     "language": _language,
     "gopher_repetition": _with_writer(GopherRepetitionFilter),

@@ -17,6 +17,7 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from curation.dedup import PriorityMinhashCluster, SourcePriority, rank_blocks, source_of_rank
+from curation.extraction import BookedTrafilatura
 from curation.filters import GutenbergStripper
 from curation.ledger import LedgerStep
 from curation.quality import keep_by_pareto, paragraphs
@@ -109,6 +110,25 @@ def test_ledger_balances_documents_and_characters_and_keeps_removed_text(tmp_pat
     assert _total(gopher, "removed_docs/gopher_short_doc") == 1
     assert [d["text"] for d in read_docs(tmp_path / "gopher")] == ["Too short to keep."]
     assert not (tmp_path / "pii").exists()  # the formatter removed nothing
+
+
+@pytest.mark.parametrize(("timeout", "kept", "removed"), [
+    (30.0, ["page"], {"extract": 1}),  # the blank page has no main text
+    (1e-9, [], {"extract_timeout": 2}),  # a timeout is its own reason, not "no text"
+])
+def test_extraction_books_a_timeout_apart_from_a_page_without_text(tmp_path: Path, timeout: float, kept: list[str],
+                                                                   removed: dict[str, int]) -> None:
+    page = Document(text=f"<html><body><article><p>{ENGLISH}</p></article></body></html>", id="page")
+    blank = Document(text="<html><body><script>var x = 1;</script></body></html>", id="blank")
+    extract = LedgerStep("extract", BookedTrafilatura(timeout=timeout),
+                         removed_writer=JsonlWriter(str(tmp_path), output_filename="${rank}.jsonl.gz"))
+
+    out = list(extract.run(iter([page, blank]), 0, 1))
+
+    assert [d.id for d in out] == kept
+    assert {label: stat.total for label, stat in extract.stats.stats.items() if label.startswith("removed_docs/")} == {
+        f"removed_docs/{reason}": n for reason, n in removed.items()}
+    assert sorted(d["id"] for d in read_docs(tmp_path)) == sorted({"page", "blank"} - set(kept))
 
 
 def test_gutenberg_stripper_keeps_only_the_book(sample_corpus: Path) -> None:
