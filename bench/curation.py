@@ -38,10 +38,10 @@ from warcio.warcwriter import WARCWriter
 
 from curation.assets import ensure_lid_model
 from curation.filter import filter_pipeline
-from curation.filters import OfflineLanguageFilter, OfflineURLFilter
-from curation.layout import Layout
-from curation.readers import GuardedWarcReader
 from curation.sources import selected_sources
+from curation.steps.offline_filters import OfflineLanguageFilter, OfflineURLFilter
+from curation.steps.readers import GuardedWarcReader
+from data_contract import DataLayout
 from tests.curation_fixtures import curate_config
 
 WARCS = ("derived/real_pages.warc.gz", "web/warc/at.warc.gz")
@@ -111,7 +111,7 @@ def main() -> None:
             cfg = curate_config(f"paths.raw_root={inputs}", f"paths.data_root={out / name}", "only=[commoncrawl]",
                                 *overrides)
             source = selected_sources(cfg)[0]
-            chains[name] = lambda source=source, name=name: filter_pipeline(source, Layout(out / name))
+            chains[name] = lambda source=source, name=name: filter_pipeline(source, DataLayout(out / name))
         for build in chains.values():  # warm-up: model load, block lists, caches
             run_pipeline(build())
         # Rounds alternate the chains so that load on a shared machine hits all of them alike; medians.

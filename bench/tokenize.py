@@ -7,7 +7,7 @@
    add_eos=True)` (the peer: no I/O at all) and the whole `curation.tokenize` stage (read JSONL,
    val split, datatrove DocumentTokenizer, write token files, hash them). Tokens per CPU-second,
    i.e. per core; target: the stage at >= 0.8x of the raw encode.
-2. `python -m curation.mix mixture=gpt3 mix.tokens=300e9 mix.seq_len=2048 mix.plan_only=true` from
+2. `python -m curation.mix mixture=gpt3 mix_plan.tokens=300e9 mix_plan.seq_len=2048 mix_plan.plan_only=true` from
    the paper's source sizes: wall time and peak RSS of the process, and the worst prefix drift of its order
    beside that of Megatron's blending loop on the same counts.
 
@@ -37,7 +37,7 @@ from datatrove.pipeline.writers import JsonlWriter
 from hydra import compose, initialize_config_dir
 
 from curation.tokenize import tokenize_sources
-from curation.tokenizer import train_tokenizer
+from curation.train_tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 GPT3_SOURCES = "{commoncrawl:410e9,webtext2:19e9,books1:12e9,books2:55e9,wikipedia:3e9}"
@@ -70,7 +70,7 @@ def bench_tokenize(raw: Path, vocab: int, repeat: int, work: Path) -> dict:
     texts = write_curated(work, raw, repeat)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("curate", overrides=[f"paths.data_root={work}", f"tokenizer.vocab_size={vocab}",
-                                           "tokenize.workers=1", "tokenize.progress=false"])
+                                           "token_files.workers=1", "token_files.progress=false"])
     processor = spm.SentencePieceProcessor(model_file=str(train_tokenizer(cfg)))
 
     wall, cpu = time.perf_counter(), cpu_seconds()
@@ -92,8 +92,8 @@ def bench_tokenize(raw: Path, vocab: int, repeat: int, work: Path) -> dict:
 
 
 def bench_gpt3_plan(work: Path) -> dict:
-    command = [sys.executable, "-m", "curation.mix", "mixture=gpt3", "mix.tokens=300e9", "mix.seq_len=2048",
-               "mix.plan_only=true", f"mix.source_tokens={GPT3_SOURCES}", f"paths.data_root={work}"]
+    command = [sys.executable, "-m", "curation.mix", "mixture=gpt3", "mix_plan.tokens=300e9", "mix_plan.seq_len=2048",
+               "mix_plan.plan_only=true", f"mix_plan.source_tokens={GPT3_SOURCES}", f"paths.data_root={work}"]
     start = time.perf_counter()
     subprocess.run(command, check=True, cwd=REPO, capture_output=True)
     wall = time.perf_counter() - start

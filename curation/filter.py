@@ -13,18 +13,18 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 from omegaconf import DictConfig
 
-from curation.catalog import build_step
-from curation.layout import Layout
-from curation.readers import make_reader
+from curation.executors import Stage, layout_of, run_stages
 from curation.sources import Source, selected_sources, write_inputs_list
-from curation.stages import Stage, layout_of, run_stages
+from curation.steps.readers import make_reader
+from curation.steps.registry import build_step
+from data_contract import DataLayout
 
 
-def negatives_writer(source: Source, layout: Layout) -> JsonlWriter:
+def negatives_writer(source: Source, layout: DataLayout) -> JsonlWriter:
     return JsonlWriter(str(layout.work(source.name, "extracted")), output_filename="${rank}.jsonl.gz")
 
 
-def filter_pipeline(source: Source, layout: Layout) -> list[PipelineStep]:
+def filter_pipeline(source: Source, layout: DataLayout) -> list[PipelineStep]:
     paths_file = None if source.format == "hf" else write_inputs_list(source, layout)
     reader_options = {**source.reader, "default_metadata": {"source": source.name}}
     pipeline: list[PipelineStep] = [make_reader(source.format, source.data_folder, paths_file, reader_options)]
@@ -40,7 +40,7 @@ def filter_pipeline(source: Source, layout: Layout) -> list[PipelineStep]:
     return pipeline
 
 
-def filter_stages(sources: list[Source], layout: Layout) -> list[Stage]:
+def filter_stages(sources: list[Source], layout: DataLayout) -> list[Stage]:
     return [Stage(f"filter_{s.name}", filter_pipeline(s, layout), s.tasks, layout.logs("filter", s.name))
             for s in sources]
 

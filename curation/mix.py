@@ -1,6 +1,6 @@
 """Plan the training order of a quality-weighted mixture over the sources' token files.
 
-    python -m curation.mix mixture=gpt3 mix.tokens=300e9 mix.seq_len=2048 mix.seed=1234
+    python -m curation.mix mixture=gpt3 mix_plan.tokens=300e9 mix_plan.seq_len=2048 mix_plan.seed=1234
 
 Writes `${paths.data_root}/mix/<mixture>/`: `plan_source.npy` (the source's index in
 mixture.json's `sources` per sample), `plan_sample.npy` (int64 window index within that source)
@@ -9,15 +9,13 @@ and `mixture.json` + `manifest.json`. A source's stream is its training token fi
 (T - 1) // L windows and a sample costs L tokens of the budget. Each source gets `weight x budget`
 tokens: fewer available means several epochs, each in its own seeded order; more means a subsample.
 
-`mix.plan_only=true` plans from `mix.source_tokens` (token counts per source) without any token
+`mix_plan.plan_only=true` plans from `mix_plan.source_tokens` (token counts per source) without any token
 file, which is how the 300B-token GPT-3 plan is checked on one machine.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,50 +25,62 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from curation.manifest import MANIFEST, code_version, file_sha256
-from curation.mix_plan import (
+from curation.mixture_order import (
     MAX_SAMPLES,
     allocate_samples,
     drift_bounds,
     interleave,
-    normalized_weights,
     window_indices,
 )
-from curation.tokens_manifest import BadInput, load_source_tokens, write_json
+from curation.sources import normalized_weights
+from data_contract import (
+    MANIFEST,
+    MIXTURE_SPEC,
+    PLAN_SAMPLE,
+    PLAN_SOURCE,
+    DataLayout,
+    Refusal,
+    load_source_tokens,
+    replace_folder,
+    sha256_file,
+    staging_folder,
+    write_manifest,
+    write_mixture_spec,
+)
 
 NO_CAP = np.iinfo(np.int64).max
 
 
 def _positive_int(value: Any, key: str) -> int:
-    """An integer setting that may be written as a float literal (`mix.tokens=300e9`)."""
+    """An integer setting that may be written as a float literal (`mix_plan.tokens=300e9`)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value <= 0:
-        raise BadInput(f"{key}={value!r} must be a positive whole number")
+        raise Refusal(f"{key}={value!r} must be a positive whole number")
     return int(value)
 
 
 def _source_inputs(cfg: DictConfig, names: list[str], seq_len: int) -> list[dict[str, Any]]:
     """Per source: available tokens and, unless planning from counts, its token files' manifest."""
-    data_root = Path(cfg.paths.data_root)
+    layout = DataLayout(Path(cfg.paths.data_root))
     sources = []
     for name in names:
-        if cfg.mix.plan_only:
-            counts = cfg.mix.source_tokens or {}
+        if cfg.mix_plan.plan_only:
+            counts = cfg.mix_plan.source_tokens or {}
             if name not in counts:
-                raise BadInput(f"mix.plan_only=true needs mix.source_tokens.{name} (token count of '{name}')")
-            sources.append({"name": name, "tokens": _positive_int(counts[name], f"mix.source_tokens.{name}"),
+                raise Refusal(f"mix_plan.plan_only=true needs mix_plan.source_tokens.{name} (token count of '{name}')")
+            sources.append({"name": name, "tokens": _positive_int(counts[name], f"mix_plan.source_tokens.{name}"),
                             "manifest": None})
         else:
-            manifest = load_source_tokens(data_root, name)
+            manifest = load_source_tokens(layout, name)
             sources.append({"name": name, "tokens": manifest["tokens"], "manifest": manifest})
     for source in sources:
         if source["tokens"] < seq_len + 1:
-            raise BadInput(f"mix.seq_len={seq_len} needs {seq_len + 1} tokens per window but source "
-                           f"'{source['name']}' has {source['tokens']}; lower mix.seq_len or drop the source")
-    if not cfg.mix.plan_only:
+            raise Refusal(f"mix_plan.seq_len={seq_len} needs {seq_len + 1} tokens per window but source "
+                           f"'{source['name']}' has {source['tokens']}; lower mix_plan.seq_len or drop the source")
+    if not cfg.mix_plan.plan_only:
         shas = {s["manifest"]["tokenizer_sha256"] for s in sources}
         dtypes = {s["manifest"]["dtype"] for s in sources}
         if len(shas) > 1 or len(dtypes) > 1:
-            raise BadInput(f"token files of {names} come from different tokenizers ({sorted(shas)}): "
+            raise Refusal(f"token files of {names} come from different tokenizers ({sorted(shas)}): "
                            f"rerun `python -m curation.tokenize` for all of them")
     return sources
 
@@ -81,7 +91,7 @@ def _cap(mixture: DictConfig, name: str, windows: int) -> int:
     if max_epochs is None:
         return NO_CAP
     if isinstance(max_epochs, bool) or not isinstance(max_epochs, int | float) or not max_epochs > 0:
-        raise BadInput(f"conf/mixture/{mixture.name}.yaml: sources.{name}.max_epochs={max_epochs!r} "
+        raise Refusal(f"conf/mixture/{mixture.name}.yaml: sources.{name}.max_epochs={max_epochs!r} "
                        f"must be a number > 0 (or left out for no cap)")
     return math.floor(max_epochs * windows)
 
@@ -100,8 +110,8 @@ def _write_plan(out: Path, counts: np.ndarray, windows: np.ndarray, names: list[
     """Write plan_source.npy and plan_sample.npy; return the order's worst prefix drift beside Megatron's."""
     total = int(counts.sum())
     bound, greedy = drift_bounds(counts, chunk)
-    with _npy_writer(out / "plan_source.npy", source_dtype, total) as plan_source, \
-            _npy_writer(out / "plan_sample.npy", np.dtype("<i8"), total) as plan_sample:
+    with _npy_writer(out / PLAN_SOURCE, source_dtype, total) as plan_source, \
+            _npy_writer(out / PLAN_SAMPLE, np.dtype("<i8"), total) as plan_sample:
         for _, sources, samples in interleave(counts, chunk, bound):
             for i in np.unique(sources):
                 here = sources == i
@@ -113,9 +123,9 @@ def _write_plan(out: Path, counts: np.ndarray, windows: np.ndarray, names: list[
 
 def build_mix(cfg: DictConfig) -> Path:
     """Validate everything, then write the plan into a temporary folder renamed into place."""
-    settings = cfg.mix
-    seq_len = _positive_int(settings.seq_len, "mix.seq_len")
-    budget = _positive_int(settings.tokens, "mix.tokens")
+    settings = cfg.mix_plan
+    seq_len = _positive_int(settings.seq_len, "mix_plan.seq_len")
+    budget = _positive_int(settings.tokens, "mix_plan.tokens")
     seed = int(settings.seed)
     mixture = cfg.mixture
     weights = normalized_weights({name: spec.weight for name, spec in mixture.sources.items()},
@@ -125,17 +135,15 @@ def build_mix(cfg: DictConfig) -> Path:
 
     num_samples = math.ceil(budget / seq_len)
     if num_samples >= MAX_SAMPLES:
-        raise BadInput(f"mix.tokens={budget} at mix.seq_len={seq_len} makes {num_samples} samples; "
+        raise Refusal(f"mix_plan.tokens={budget} at mix_plan.seq_len={seq_len} makes {num_samples} samples; "
                        f"plans stop below {MAX_SAMPLES}: split the run into several mixtures")
     windows = np.array([(s["tokens"] - 1) // seq_len for s in sources], dtype=np.int64)
     caps = np.array([_cap(mixture, name, int(windows[i])) for i, name in enumerate(names)], dtype=np.int64)
     counts = allocate_samples(np.array([weights[n] for n in names]), caps, num_samples)
 
-    data_root = Path(cfg.paths.data_root)
-    out = data_root / "mix" / mixture.name
-    tmp = out.with_name(f".{mixture.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    layout = DataLayout(Path(cfg.paths.data_root))
+    out = layout.mix(mixture.name)
+    tmp = staging_folder(out)
     source_dtype = np.dtype(np.uint8 if len(names) <= np.iinfo(np.uint8).max + 1 else np.int16)
     drift = _write_plan(tmp, counts, windows, names, seed, int(settings.chunk_samples), source_dtype)
 
@@ -171,20 +179,17 @@ def build_mix(cfg: DictConfig) -> Path:
         "max_prefix_drift": drift,
         "sources": described,
     }
-    write_json(tmp / "mixture.json", description)
-    write_json(tmp / MANIFEST, {
-        "inputs": [{"path": f"tokens/{s['name']}/{MANIFEST}",
-                    "sha256": file_sha256(data_root / "tokens" / s["name"] / MANIFEST)}
-                   for s in sources if s["manifest"]],
-        "config": {"mix": OmegaConf.to_container(settings, resolve=True),
-                   "mixture": OmegaConf.to_container(mixture, resolve=True)},
-        "counts": {"num_samples": num_samples, "samples": {s["name"]: int(c) for s, c in zip(sources, counts, strict=False)}},
-        "outputs": {f: file_sha256(tmp / f) for f in ("plan_source.npy", "plan_sample.npy", "mixture.json")},
-        "version": code_version(),
-    })
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    write_mixture_spec(tmp, description)
+    write_manifest(
+        tmp,
+        inputs=[{"path": f"tokens/{s['name']}/{MANIFEST}", "sha256": sha256_file(layout.tokens(s["name"]) / MANIFEST)}
+                for s in sources if s["manifest"]],
+        config={"mix_plan": OmegaConf.to_container(settings, resolve=True),
+                "mixture": OmegaConf.to_container(mixture, resolve=True)},
+        counts={"num_samples": num_samples, "samples": {s["name"]: int(c) for s, c in zip(sources, counts, strict=True)}},
+        outputs={f: sha256_file(tmp / f) for f in (PLAN_SOURCE, PLAN_SAMPLE, MIXTURE_SPEC)},
+    )
+    replace_folder(tmp, out)
     _print_summary(description)
     return out
 

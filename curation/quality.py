@@ -4,167 +4,27 @@
 
 Positives are paragraphs of the sources marked `quality: positive` (after dedup), negatives
 paragraphs of extracted crawl text (`quality: scored`, before the heuristic filters, as GPT-3
-used unfiltered CommonCrawl). Features are hashed word n-grams, the model a logistic
-regression; held-out documents give accuracy and AUC. Every scored document gets
-`quality_score` and stays when `pareto(alpha) > 1 - score` (GPT-3: alpha = 9), with a
-generator seeded by (seed, document id), so reruns and any task split agree.
+used unfiltered CommonCrawl). The classifier and the sampling rule are in
+`curation.steps.quality_classifier`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import pickle
-import random
-from collections.abc import Iterator
-from pathlib import Path
-
 import hydra
-import numpy as np
-from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers import JsonlWriter
-from datatrove.pipeline.writers.disk_base import DiskWriter
 from omegaconf import DictConfig, OmegaConf
 
-from curation.catalog import removed_writer
-from curation.layout import Layout
-from curation.ledger import LedgerStep
-from curation.manifest import file_sha256, write_manifest
-from curation.readers import StageReader
-from curation.sources import ConfigError, Source, selected_sources
-from curation.stages import Stage, layout_of, run_stages
-
-MODEL_FILE = "classifier.pkl"
+from curation.executors import Stage, layout_of, run_stages
+from curation.sources import Source, selected_sources
+from curation.steps.bookkeeping import LedgerStep
+from curation.steps.quality_classifier import MODEL_FILE, QualityFilter, TrainQualityClassifier
+from curation.steps.readers import StageReader
+from curation.steps.registry import removed_writer
+from data_contract import DataLayout, Refusal
 
 
-def paragraphs(text: str, min_chars: int) -> Iterator[str]:
-    """Consecutive lines joined until at least `min_chars`: training examples from any layout."""
-    chunk: list[str] = []
-    size = 0
-    for line in text.splitlines():
-        if line.strip():
-            chunk.append(line)
-            size += len(line) + 1
-        if size >= min_chars:
-            yield "\n".join(chunk)
-            chunk, size = [], 0
-
-
-def _doc_key(doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
-
-
-def is_heldout(doc_id: str, fraction: float) -> bool:
-    """Held-out split by document (never by paragraph: halves of one document would leak)."""
-    return (_doc_key(doc_id) % 10_000) < fraction * 10_000
-
-
-def keep_by_pareto(score: float, alpha: float, seed: int, doc_id: str) -> bool:
-    """GPT-3's rule: keep when pareto(alpha) > 1 - score, one seeded draw per document."""
-    return bool(np.random.default_rng([seed, _doc_key(doc_id)]).pareto(alpha) > 1.0 - score)
-
-
-class TrainQualityClassifier(PipelineStep):
-    """One-task stage: trains, evaluates and saves the classifier with its manifest."""
-
-    type = "🧠 - MODEL"
-    name = "quality classifier (train)"
-
-    def __init__(self, positive_folders: list[str], negative_folders: list[str], output_dir: str, params: dict):
-        super().__init__()
-        self.positive_folders, self.negative_folders = positive_folders, negative_folders
-        self.output_dir, self.params = output_dir, params
-
-    def _examples(self, folders: list[str], rng: random.Random) -> tuple[list[str], list[bool], list[float]]:
-        """Up to max_examples_per_class paragraphs, an equal share from each folder (source).
-
-        Weights give every folder the same total weight, so a small source (e.g. news text)
-        counts as much as a large one (e.g. an encyclopedia) in what "positive" means.
-        """
-        share = self.params["max_examples_per_class"] // max(len(folders), 1)
-        texts: list[str] = []
-        heldout: list[bool] = []
-        weights: list[float] = []
-        for folder in folders:
-            found = [(para, is_heldout(doc.id, self.params["heldout_fraction"]))
-                     for doc in StageReader(folder).run()
-                     for para in paragraphs(doc.text, self.params["min_paragraph_chars"])]
-            rng.shuffle(found)
-            texts += [p for p, _ in found[:share]]
-            heldout += [h for _, h in found[:share]]
-            weights += [1.0 / len(found[:share]) / len(folders)] * len(found[:share])
-        return texts, heldout, weights
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
-        from sklearn.feature_extraction.text import HashingVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import accuracy_score, roc_auc_score
-        from sklearn.pipeline import make_pipeline
-
-        rng = random.Random(self.params["seed"])
-        pos, pos_held, pos_weights = self._examples(self.positive_folders, rng)
-        neg, neg_held, neg_weights = self._examples(self.negative_folders, rng)
-        if not pos or not neg:
-            raise RuntimeError(f"quality classifier: {len(pos)} positive and {len(neg)} negative paragraphs; "
-                               "both sides need text (check the positive and scored sources' outputs)")
-        texts = np.array(pos + neg, dtype=object)
-        labels = np.array([1] * len(pos) + [0] * len(neg))
-        held = np.array(pos_held + neg_held)
-        weights = np.array(pos_weights + neg_weights) * len(texts) / 2  # each class weighs half
-        if held.all() or not held.any() or len(set(labels[held])) < 2:
-            held = np.arange(len(texts)) % 5 == 0  # too few documents to split by document: fall back to paragraphs
-        model = make_pipeline(
-            HashingVectorizer(n_features=self.params["n_features"], ngram_range=tuple(self.params["ngram_range"]),
-                              alternate_sign=False),
-            LogisticRegression(C=self.params["C"], max_iter=1000),
-        )
-        with self.track_time(unit="model"):
-            model.fit(texts[~held], labels[~held], logisticregression__sample_weight=weights[~held])
-        scores = model.predict_proba(texts[held])[:, 1]
-        metrics = {
-            "heldout_accuracy": float(accuracy_score(labels[held], scores > 0.5)),
-            "heldout_auc": float(roc_auc_score(labels[held], scores)),
-            "train_examples": {"positive": int(labels[~held].sum()), "negative": int((labels[~held] == 0).sum())},
-            "heldout_examples": {"positive": int(labels[held].sum()), "negative": int((labels[held] == 0).sum())},
-        }
-        out = Path(self.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        partial = out / (MODEL_FILE + ".partial")
-        partial.write_bytes(pickle.dumps(model))
-        partial.replace(out / MODEL_FILE)
-        for key in ("heldout_accuracy", "heldout_auc"):
-            self.stat_update(key, value=metrics[key], unit="model")
-        write_manifest(out, inputs={"positives": self.positive_folders, "negatives": self.negative_folders},
-                       config=self.params, counts=metrics, files={MODEL_FILE: file_sha256(out / MODEL_FILE)})
-
-
-class QualityFilter(BaseFilter):
-    """Scores documents with the saved classifier and samples them with GPT-3's Pareto rule."""
-
-    name = "🧠 quality classifier (GPT-3)"
-
-    def __init__(self, model_path: str, alpha: float, seed: int, exclusion_writer: DiskWriter | None = None):
-        super().__init__(exclusion_writer, batch_size=64)
-        self.model_path, self.alpha, self.seed = model_path, alpha, seed
-        self._model = None
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        return self.filter_batch([doc])[0]
-
-    def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
-        if self._model is None:
-            self._model = pickle.loads(Path(self.model_path).read_bytes())
-        scores = self._model.predict_proba([doc.text for doc in batch])[:, 1]
-        results: list[bool | tuple[bool, str]] = []
-        for doc, score in zip(batch, scores, strict=False):
-            doc.metadata["quality_score"] = round(float(score), 6)
-            results.append(keep_by_pareto(float(score), self.alpha, self.seed, doc.id) or (False, "quality_sample"))
-        return results
-
-
-def quality_stages(cfg: DictConfig, sources: list[Source], layout: Layout, after: tuple[str, ...]) -> list[Stage]:
+def quality_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout, after: tuple[str, ...]) -> list[Stage]:
     """Train the classifier (when sources to learn from are selected), then write curated/<source>/."""
     q = cfg.quality
     scored = [s for s in sources if s.quality == "scored" and q.enabled]
@@ -179,7 +39,7 @@ def quality_stages(cfg: DictConfig, sources: list[Source], layout: Layout, after
             1, layout.logs("quality_train"), after))
         after = ("quality_train",)
     elif scored and not model_path.is_file():
-        raise ConfigError(f"quality: {scored[0].name} is scored but no `quality: positive` source is selected and "
+        raise Refusal(f"quality: {scored[0].name} is scored but no `quality: positive` source is selected and "
                           f"no classifier exists at {model_path}; add one to only=[...] or set quality.enabled=false")
     for source in sources:
         pipeline: list[PipelineStep] = [StageReader(str(layout.work(source.name, "dedup")))]
@@ -190,11 +50,6 @@ def quality_stages(cfg: DictConfig, sources: list[Source], layout: Layout, after
         stages.append(Stage(f"curate_{source.name}", pipeline, source.tasks,
                             layout.logs("curate", source.name), after))
     return stages
-
-
-def classifier_metrics(layout: Layout) -> dict | None:
-    manifest = layout.classifier / "manifest.json"
-    return json.loads(manifest.read_text())["counts"] if manifest.is_file() else None
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")

@@ -19,9 +19,9 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from omegaconf import DictConfig, OmegaConf
 
-from curation.dedup import rank_blocks, source_of_rank
-from curation.layout import Layout
-from curation.ledger import (
+from curation.executors import layout_of
+from curation.sources import Source, selected_sources
+from curation.steps.bookkeeping import (
     EDITED_CHARS,
     ERRORS,
     IN_CHARS,
@@ -31,10 +31,9 @@ from curation.ledger import (
     REMOVED_CHARS,
     REMOVED_DOCS,
 )
-from curation.manifest import file_sha256, write_manifest
-from curation.quality import classifier_metrics
-from curation.sources import Source, selected_sources
-from curation.stages import layout_of
+from curation.steps.priority_dedup import rank_blocks, source_of_rank
+from curation.steps.quality_classifier import classifier_metrics
+from data_contract import DataLayout, sha256_file, write_atomic, write_json, write_manifest
 
 STATS = "stats.json"
 
@@ -68,7 +67,7 @@ def step_record(stage: str, step: str, stats: dict[str, float]) -> dict[str, Any
     }
 
 
-def source_steps(source: Source, sources: list[Source], layout: Layout) -> list[dict[str, Any]]:
+def source_steps(source: Source, sources: list[Source], layout: DataLayout) -> list[dict[str, Any]]:
     """The funnel of one source: read, its own steps, dedup, quality; as booked by the tasks."""
     records = []
     filtered = task_stats(layout.logs("filter", source.name))
@@ -177,7 +176,7 @@ def log_to_wandb(cfg: DictConfig, funnels: dict[str, list[dict[str, Any]]], png:
     run.finish()
 
 
-def write_report(cfg: DictConfig, sources: list[Source], layout: Layout) -> Path:
+def write_report(cfg: DictConfig, sources: list[Source], layout: DataLayout) -> Path:
     """stats.json + manifest.json per source, report/curation.md + funnel.png; returns the report path."""
     funnels = {s.name: source_steps(s, sources, layout) for s in sources}
     examples: dict[str, dict[str, list]] = {}
@@ -186,12 +185,12 @@ def write_report(cfg: DictConfig, sources: list[Source], layout: Layout) -> Path
         curated.mkdir(parents=True, exist_ok=True)
         steps = funnels[source.name]
         kept = {"docs": steps[-1]["docs_out"], "chars": steps[-1]["chars_out"]}
-        (curated / STATS).write_text(json.dumps({"source": source.name, "kept": kept, "steps": steps}, indent=2) + "\n")
+        write_json(curated / STATS, {"source": source.name, "kept": kept, "steps": steps})
         config = {"source": OmegaConf.to_container(cfg.sources[source.name], resolve=True),
                   **{k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("filters", "dedup", "quality")}}
-        inputs = [{"path": p, "sha256": file_sha256(p)} for p in source.files if Path(p).is_file()]
+        inputs = [{"path": p, "sha256": sha256_file(p)} for p in source.files if Path(p).is_file()]
         write_manifest(curated, inputs=inputs, config=config, counts=kept,
-                       files={p.name: file_sha256(p) for p in sorted(curated.glob("*.jsonl.gz"))})
+                       outputs={p.name: sha256_file(p) for p in sorted(curated.glob("*.jsonl.gz"))})
         removed = layout.removed(source.name)
         examples[source.name] = {
             step["step"]: removed_examples(removed / step["step"], cfg.report.examples_per_filter, cfg.report.example_chars)
@@ -200,18 +199,18 @@ def write_report(cfg: DictConfig, sources: list[Source], layout: Layout) -> Path
         if removed.is_dir():
             write_manifest(removed, inputs=[str(layout.work(source.name, "filtered"))], config=config,
                            counts={s["step"]: sum(v["docs"] for v in s["removed"].values()) for s in steps},
-                           files={str(p.relative_to(removed)): file_sha256(p) for p in sorted(removed.rglob("*.jsonl.gz"))})
+                           outputs={str(p.relative_to(removed)): sha256_file(p) for p in sorted(removed.rglob("*.jsonl.gz"))})
     clusters = {k: v for step in task_stats(layout.logs("minhash_cluster")).values() for k, v in step.items()}
     metrics = classifier_metrics(layout)
     layout.report.mkdir(parents=True, exist_ok=True)
     png = layout.report / "funnel.png"
     plot_funnel(funnels, png)
     report = layout.report / "curation.md"
-    report.write_text(markdown(funnels, examples, clusters, metrics))
+    write_atomic(report, markdown(funnels, examples, clusters, metrics))
     write_manifest(layout.report, inputs=[str(layout.curated(s.name) / STATS) for s in sources],
                    config=OmegaConf.to_container(cfg.report, resolve=True),
                    counts={name: steps[-1]["docs_out"] for name, steps in funnels.items()},
-                   files={p.name: file_sha256(p) for p in (png, report)})
+                   outputs={p.name: sha256_file(p) for p in (png, report)})
     if cfg.report.wandb.enabled:
         log_to_wandb(cfg, funnels, png, metrics)
     return report
@@ -223,7 +222,7 @@ class CurationReport(PipelineStep):
     type = "📊 - REPORT"
     name = "curation report"
 
-    def __init__(self, cfg: DictConfig, sources: list[Source], layout: Layout):
+    def __init__(self, cfg: DictConfig, sources: list[Source], layout: DataLayout):
         super().__init__()
         self.cfg_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.sources, self.layout = sources, layout

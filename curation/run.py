@@ -14,11 +14,12 @@ import hydra
 from omegaconf import DictConfig
 
 from curation.dedup import dedup_stages, last_dedup_stage
+from curation.executors import Stage, layout_of, run_stages
 from curation.filter import filter_stages
 from curation.quality import quality_stages
 from curation.report import CurationReport
 from curation.sources import selected_sources
-from curation.stages import PrepareTrainingData, Stage, layout_of, run_stages
+from curation.training_data import PrepareTrainingData
 
 
 def curation_stages(cfg: DictConfig) -> list[Stage]:

@@ -4,7 +4,7 @@
 `${paths.data_root}/tokens/<source>/*.ds` (+ `.ds.index`) for training, the same format under
 `val/` for the held-out documents, and a `manifest.json` with token counts and hashes.
 
-Tokenization is datatrove's DocumentTokenizer with a sentencepiece adapter (curation.tokens_spm),
+Tokenization is datatrove's DocumentTokenizer with a sentencepiece adapter (curation.steps.sentencepiece_tokenizer),
 one task per curated file. A rerun with the same tokenizer, inputs and split skips the tasks
 datatrove recorded as complete; any change starts the source over.
 
@@ -35,12 +35,18 @@ from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from curation.layout import Layout
-from curation.manifest import MANIFEST, code_version, file_sha256
-from curation.mix_plan import normalized_weights
-from curation.tokenizer import CURATED_GLOB, curated_reader
-from curation.tokens_manifest import BadInput, read_json, token_dtype, token_file_entry, write_json
-from curation.tokens_spm import SentencePieceDocumentTokenizer, id_in
+from curation.sources import CURATED_GLOB, curated_reader, normalized_weights
+from curation.steps.sentencepiece_tokenizer import SentencePieceDocumentTokenizer, id_in
+from data_contract import (
+    MANIFEST,
+    DataLayout,
+    Refusal,
+    read_json,
+    sha256_file,
+    token_dtype,
+    token_file_entry,
+    write_manifest,
+)
 
 
 @dataclass
@@ -81,34 +87,34 @@ def _claim(out: Path, logs: Path, run_key: str) -> None:
     marker.write_text(run_key)
 
 
-def _entries(folder: Path, data_root: Path, dtype: np.dtype) -> list[dict[str, Any]]:
+def _entries(folder: Path, layout: DataLayout, dtype: np.dtype) -> list[dict[str, Any]]:
     entries = []
     for path in sorted(folder.glob("*.ds")):
         if path.stat().st_size == 0:  # a task whose documents all went to validation
             path.unlink()
             Path(f"{path}.index").unlink(missing_ok=True)
             continue
-        entries.append(token_file_entry(path, data_root, dtype))
+        entries.append(token_file_entry(path, layout, dtype))
     return entries
 
 
 def tokenize_source(cfg: DictConfig, source: str, tokenizer: dict[str, Any]) -> dict[str, Any]:
-    data_root = Path(cfg.paths.data_root)
-    settings = cfg.tokenize
-    reader = curated_reader(data_root, source)
+    layout = DataLayout(Path(cfg.paths.data_root))
+    settings = cfg.token_files
+    reader = curated_reader(layout, source)
     split = split_validation(reader, settings.val_docs, settings.val_max_fraction, settings.progress)
-    inputs = [{"path": f"curated/{source}/{f}", "sha256": file_sha256(data_root / "curated" / source / f)}
+    inputs = [{"path": f"curated/{source}/{f}", "sha256": sha256_file(layout.curated(source) / f)}
               for f in split.files]
     run_key = hashlib.sha256(json.dumps([tokenizer["sha256"], inputs, settings.val_docs,
                                          settings.val_max_fraction]).encode()).hexdigest()[:12]
-    logs = Layout(data_root).logs("tokenize", source) / run_key
-    out = data_root / "tokens" / source
-    model_path = str(data_root / "tokenizer" / "spm.model")
+    logs = layout.logs("tokenize", source) / run_key
+    out = layout.tokens(source)
+    model_path = str(layout.tokenizer_model)
     tasks = len(split.files)
     threads = max(1, (os.cpu_count() or 1) // min(settings.workers, tasks))
 
     val_ids = frozenset(d.id for d in split.val)
-    train_reader = curated_reader(data_root, source)
+    train_reader = curated_reader(layout, source)
     train_reader.doc_progress = settings.progress
     _claim(out, logs, run_key)
     LocalPipelineExecutor(
@@ -121,11 +127,11 @@ def tokenize_source(cfg: DictConfig, source: str, tokenizer: dict[str, Any]) -> 
         tasks=1, workers=1, logging_dir=str(logs / "val")).run()
 
     dtype = token_dtype(tokenizer["vocab_size"])
-    files, val_files = _entries(out, data_root, dtype), _entries(out / "val", data_root, dtype)
+    files, val_files = _entries(out, layout, dtype), _entries(out / "val", layout, dtype)
     val_bytes = sum(len(d.text.encode()) for d in split.val)
     manifest = {
         "source": source,
-        "tokenizer": "tokenizer/spm.model",
+        "tokenizer": layout.relative(layout.tokenizer_model),
         "tokenizer_sha256": tokenizer["sha256"],
         "dtype": dtype.name,
         "vocab_size": tokenizer["vocab_size"],
@@ -139,26 +145,24 @@ def tokenize_source(cfg: DictConfig, source: str, tokenizer: dict[str, Any]) -> 
         "val_document_ids": sorted(val_ids),
         "files": files,
         "val_files": val_files,
-        "inputs": inputs,
-        "config": OmegaConf.to_container(settings, resolve=True),
-        "version": code_version(),
     }
-    write_json(out / MANIFEST, manifest)
-    return manifest
+    write_manifest(out, inputs=inputs, config=OmegaConf.to_container(settings, resolve=True),
+                   outputs={f["path"]: f["sha256"] for f in files + val_files}, **manifest)
+    return read_json(out / MANIFEST, "rerun `python -m curation.tokenize`")
 
 
 def tokenize_sources(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Tokenize every source the mixture names with a positive weight; returns their manifests."""
-    data_root = Path(cfg.paths.data_root)
-    tokenizer = read_json(data_root / "tokenizer" / MANIFEST, "run `python -m curation.tokenizer` first")
-    if file_sha256(data_root / "tokenizer" / "spm.model") != tokenizer["sha256"]:
-        raise BadInput(f"{data_root}/tokenizer/spm.model does not match its manifest's sha256: "
-                       f"rerun `python -m curation.tokenizer`")
+    layout = DataLayout(Path(cfg.paths.data_root))
+    tokenizer = read_json(layout.tokenizer / MANIFEST, "run `python -m curation.train_tokenizer` first")
+    if sha256_file(layout.tokenizer_model) != tokenizer["sha256"]:
+        raise Refusal(f"{layout.tokenizer_model} does not match its manifest's sha256: "
+                      f"rerun `python -m curation.train_tokenizer`")
     weights = normalized_weights({name: spec.weight for name, spec in cfg.mixture.sources.items()},
                                  f"mixture {cfg.mixture.name}")
     sources = [name for name, weight in weights.items() if weight > 0]
     for name in sources:
-        curated_reader(data_root, name)  # refuse a missing source before tokenizing any
+        curated_reader(layout, name)  # refuse a missing source before tokenizing any
     manifests = {name: tokenize_source(cfg, name, tokenizer) for name in sources}
     width = max(map(len, manifests))
     for name, m in manifests.items():

@@ -16,8 +16,9 @@ import pytest
 from datatrove.data import Document
 from warcio.archiveiterator import ArchiveIterator
 
-from curation.dedup import normalized_text
-from tests.curation_fixtures import REPO, curate_command, read_docs, run_curation
+from curation.steps.priority_dedup import normalized_text
+from tests.commands import REPO, command_env
+from tests.curation_fixtures import curate_command, read_docs, run_curation
 
 SOURCES = ("commoncrawl", "webtext2", "books", "wikipedia")
 
@@ -125,7 +126,7 @@ def _curated_content(data_root: Path) -> dict[str, list[str]]:
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_output(curated: Path, sample_corpus: Path, tmp_path: Path) -> None:
     data_root = tmp_path / "resumed"
-    process = subprocess.Popen(curate_command(data_root, sample_corpus), cwd=REPO, start_new_session=True,
+    process = subprocess.Popen(curate_command(data_root, sample_corpus), cwd=REPO, env=command_env(), start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = data_root / "work/logs/dedup_pass_one/completions"
     deadline = time.monotonic() + 300

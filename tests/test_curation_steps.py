@@ -16,13 +16,14 @@ from datatrove.pipeline.writers import JsonlWriter
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from curation.dedup import PriorityMinhashCluster, SourcePriority, rank_blocks, source_of_rank
-from curation.extraction import BookedTrafilatura
-from curation.filters import GutenbergStripper
-from curation.ledger import LedgerStep
-from curation.quality import keep_by_pareto, paragraphs
-from curation.readers import make_reader
-from curation.sources import ConfigError, selected_sources
+from curation.sources import selected_sources
+from curation.steps.bookkeeping import LedgerStep
+from curation.steps.extraction import BookedTrafilatura
+from curation.steps.gutenberg import GutenbergStripper
+from curation.steps.priority_dedup import PriorityMinhashCluster, SourcePriority, rank_blocks, source_of_rank
+from curation.steps.quality_classifier import keep_by_pareto, paragraphs
+from curation.steps.readers import make_reader
+from data_contract import Refusal
 from tests.curation_fixtures import curate_config, read_docs
 
 ENGLISH = ("The committee met on Tuesday to review the budget for the coming year. Members agreed that the "
@@ -195,6 +196,6 @@ def test_paragraphs_chunk_text_without_blank_lines() -> None:
     ("only=[nosuch]", "only: 'nosuch' is not a configured source"),
 ])
 def test_bad_source_config_stops_with_one_line(override: str, message: str) -> None:
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(Refusal) as error:
         selected_sources(curate_config(override))
     assert str(error.value).startswith(message) and "\n" not in str(error.value)

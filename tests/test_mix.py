@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import yaml
 
-from curation.manifest import MANIFEST
 from curation.mix import build_mix
-from curation.mix_plan import allocate_samples, drift_bounds, interleave, permute
-from curation.tokens_manifest import BadInput, token_file_entry, write_json
-from tests.test_tokenizer import REPO, compose_curate
+from curation.mixture_order import allocate_samples, drift_bounds, interleave, permute
+from data_contract import MANIFEST, DataLayout, Refusal, token_file_entry, write_manifest
+from tests.commands import REPO
+from tests.curation_fixtures import compose_curate
 
 DEMO_SIZES = {"commoncrawl": [3000, 2000], "webtext2": [1500], "books": [40000, 30000], "wikipedia": [20000]}
 GPT3_TOKENS = {"commoncrawl": 410e9, "webtext2": 19e9, "books1": 12e9, "books2": 55e9, "wikipedia": 3e9}
@@ -36,12 +36,11 @@ def write_tokens(data_root: Path, source: str, sizes: list[int], vocab_size: int
     np.full(50, 2, dtype=np.uint16).tofile(folder / "val" / f"{source}_val.ds")
     np.array([50], dtype="<u8").tofile(folder / "val" / f"{source}_val.ds.index")
     dtype = np.dtype("<u2")
-    files = [token_file_entry(p, data_root, dtype) for p in sorted(folder.glob("*.ds"))]
-    write_json(folder / MANIFEST, {
-        "source": source, "tokenizer_sha256": "f" * 64, "dtype": "uint16", "vocab_size": vocab_size, "eos_id": 2,
-        "tokens": sum(f["tokens"] for f in files), "files": files,
-        "val_files": [token_file_entry(folder / "val" / f"{source}_val.ds", data_root, dtype)],
-    })
+    layout = DataLayout(data_root)
+    files = [token_file_entry(p, layout, dtype) for p in sorted(folder.glob("*.ds"))]
+    write_manifest(folder, inputs=[], config={}, source=source, tokenizer_sha256="f" * 64, dtype="uint16",
+                   vocab_size=vocab_size, eos_id=2, tokens=sum(f["tokens"] for f in files), files=files,
+                   val_files=[token_file_entry(folder / "val" / f"{source}_val.ds", layout, dtype)])
 
 
 @pytest.fixture
@@ -53,8 +52,8 @@ def demo_tokens(tmp_path: Path) -> Path:
 
 def plan_only(data_root: Path, tokens: float, seq_len: int, seed: int = 1234) -> list[str]:
     counts = ",".join(f"{k}:{v}" for k, v in GPT3_TOKENS.items())
-    return [f"mix.tokens={tokens}", f"mix.seq_len={seq_len}", f"mix.seed={seed}", "mixture=gpt3",
-            "mix.plan_only=true", f"mix.source_tokens={{{counts}}}", f"paths.data_root={data_root}"]
+    return [f"mix_plan.tokens={tokens}", f"mix_plan.seq_len={seq_len}", f"mix_plan.seed={seed}", "mixture=gpt3",
+            "mix_plan.plan_only=true", f"mix_plan.source_tokens={{{counts}}}", f"paths.data_root={data_root}"]
 
 
 def load_plan(out: Path) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -173,7 +172,7 @@ def test_same_seed_same_bytes_other_seed_other_order(tmp_path: Path) -> None:
 
 
 def test_windows_read_the_concatenated_token_files(demo_tokens: Path) -> None:
-    out = build_mix(compose_curate(demo_tokens, "mix.tokens=100000", "mix.seq_len=64"))
+    out = build_mix(compose_curate(demo_tokens, "mix_plan.tokens=100000", "mix_plan.seq_len=64"))
     mixture, plan_source, plan_sample = load_plan(out)
     assert (mixture["tokenizer_sha256"], mixture["dtype"], mixture["eos_id"]) == ("f" * 64, "uint16", 2)
     for i, source in enumerate(mixture["sources"]):
@@ -188,7 +187,7 @@ def test_windows_read_the_concatenated_token_files(demo_tokens: Path) -> None:
 
 
 def test_max_epochs_caps_a_source_and_gives_its_share_to_the_others(demo_tokens: Path) -> None:
-    out = build_mix(compose_curate(demo_tokens, "mix.tokens=400000", "mix.seq_len=64"))
+    out = build_mix(compose_curate(demo_tokens, "mix_plan.tokens=400000", "mix_plan.seq_len=64"))
     mixture, _, _ = load_plan(out)
     by_name = {s["name"]: s for s in mixture["sources"]}
     assert by_name["commoncrawl"]["samples"] == math.floor(10 * by_name["commoncrawl"]["windows_available"])
@@ -224,15 +223,15 @@ def _vocab_beyond_uint16(root: Path) -> None:
     (None, [f"mixture.sources.{s}.weight=0" for s in DEMO_SIZES], r"all source weights are zero"),
     (None, ["mixture.sources.books.weight=-1"], r"sources.books.weight=-1.* must be a number >= 0"),
     (None, ["mixture.sources.webtext2.max_epochs=0"], r"sources.webtext2.max_epochs=0 must be a number > 0"),
-    (None, ["mix.seq_len=2000"], r"mix.seq_len=2000 needs 2001 tokens per window but source 'webtext2' has 1500"),
+    (None, ["mix_plan.seq_len=2000"], r"mix_plan.seq_len=2000 needs 2001 tokens per window but source 'webtext2' has 1500"),
     (_truncate, [], r"books_00001_unshuffled.ds: 60001 bytes is not a multiple of uint16's 2"),
     (_vocab_beyond_uint16, [], r"vocab_size=70000 does not fit dtype uint16"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(demo_tokens: Path, corrupt, overrides, message) -> None:
     if corrupt:
         corrupt(demo_tokens)
-    with pytest.raises(BadInput, match=message) as refused:
-        build_mix(compose_curate(demo_tokens, "mix.tokens=100000", "mix.seq_len=64", *overrides))
+    with pytest.raises(Refusal, match=message) as refused:
+        build_mix(compose_curate(demo_tokens, "mix_plan.tokens=100000", "mix_plan.seq_len=64", *overrides))
     assert "\n" not in str(refused.value)
     assert not (demo_tokens / "mix").exists()
 

@@ -11,11 +11,11 @@ import sentencepiece as spm
 
 from curation.mix import build_mix
 from curation.tokenize import tokenize_sources
-from curation.tokenizer import train_tokenizer
-from tests.test_tokenizer import compose_curate, write_curated
+from curation.train_tokenizer import train_tokenizer
+from tests.curation_fixtures import compose_curate, write_curated
 
-SETTINGS = ("tokenizer.vocab_size=2048", "tokenizer.sample_bytes=2000000", "tokenize.val_docs=20",
-            "tokenize.progress=false")
+SETTINGS = ("tokenizer.vocab_size=2048", "tokenizer.sample_bytes=2000000", "token_files.val_docs=20",
+            "token_files.progress=false")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_rerun_redoes_only_a_missing_task(tokenized) -> None:
 
 def test_plan_over_real_tokens_never_reads_the_val_slice(tokenized) -> None:
     root, _, _, _, manifests = tokenized
-    out = build_mix(compose_curate(root, *SETTINGS, "mix.tokens=300000", "mix.seq_len=64"))
+    out = build_mix(compose_curate(root, *SETTINGS, "mix_plan.tokens=300000", "mix_plan.seq_len=64"))
     mixture = json.loads((out / "mixture.json").read_text())
     plan_source, plan_sample = np.load(out / "plan_source.npy"), np.load(out / "plan_sample.npy")
     for i, source in enumerate(mixture["sources"]):
@@ -105,7 +105,7 @@ def test_plan_over_real_tokens_never_reads_the_val_slice(tokenized) -> None:
 
 def test_changed_split_starts_the_source_over(tokenized) -> None:
     root, _, _, _, manifests = tokenized
-    changed = tokenize_sources(compose_curate(root, *SETTINGS, "tokenize.val_docs=5"))
+    changed = tokenize_sources(compose_curate(root, *SETTINGS, "token_files.val_docs=5"))
     assert changed["wikipedia"]["val_documents"] == 5
     for source, manifest in changed.items():
         listed = {root / f["path"] for f in manifest["files"] + manifest["val_files"]}

@@ -1,4 +1,4 @@
-"""curation.tokenizer on curated documents made from the real sample corpus."""
+"""curation.train_tokenizer on curated documents made from the real sample corpus."""
 
 from __future__ import annotations
 
@@ -7,44 +7,10 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from datatrove.data import Document
-from datatrove.pipeline.writers import JsonlWriter
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
-from curation.manifest import file_sha256
-from curation.tokenizer import train_tokenizer
-from curation.tokens_manifest import BadInput
-
-REPO = Path(__file__).resolve().parents[1]
-TRICKY = ["  two  spaces\n\n\tand a tab\r\n", " leading", "trailing ", "\n", "emoji 🦀, 中文, العربية",
-          "x\x00y", "      indented code\n    more"]
-
-
-def compose_curate(data_root: Path, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("curate", overrides=[f"paths.data_root={data_root}", *overrides])
-
-
-def write_curated(data_root: Path, corpus: Path) -> dict[str, list[Document]]:
-    """Demo-source slices of the sample corpus as datatrove JSONL, two shards per source (as curation writes)."""
-    wiki = json.loads((corpus / "wiki/extracts/summaries_en-us.json").read_text())
-    news = sorted((corpus / "web/html/newspaper4k/txt").glob("*.txt"))
-    books = sorted((corpus / "books/austen").glob("*.txt"))[:2]
-    documents = {
-        "commoncrawl": [Document(text=p.read_text(), id=f"cc/{p.name}") for p in news[::2]],
-        "webtext2": [Document(text=p.read_text(), id=f"wt/{p.name}") for p in news[1::2]],
-        "books": [Document(text=p.read_text(), id=p.name) for p in books],
-        "wikipedia": [Document(text=v["extract"], id=k) for k, v in list(wiki.items())[:1500]],
-    }
-    documents["commoncrawl"] += [Document(text=t, id=f"tricky/{n}") for n, t in enumerate(TRICKY)]
-    for source, docs in documents.items():
-        writer = JsonlWriter(str(data_root / "curated" / source), output_filename="${rank}.jsonl.gz")
-        for rank in range(2):
-            with writer:
-                for doc in docs[rank::2]:
-                    writer.write(doc, rank=rank)
-    return documents
+from curation.train_tokenizer import train_tokenizer
+from data_contract import Refusal, sha256_file
+from tests.curation_fixtures import compose_curate, write_curated
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +33,7 @@ def test_round_trip_is_lossless_on_every_document(trained) -> None:
 def test_manifest_records_model_ids_and_bytes_per_token(trained) -> None:
     root, documents, processor = trained
     manifest = json.loads((root / "tokenizer/manifest.json").read_text())
-    assert manifest["sha256"] == file_sha256(root / "tokenizer/spm.model")
+    assert manifest["sha256"] == sha256_file(root / "tokenizer/spm.model")
     assert (manifest["vocab_size"], manifest["model_type"]) == (2048, "bpe")
     assert [manifest[k] for k in ("unk_id", "bos_id", "eos_id", "pad_id")] == [0, 1, 2, 3]
     assert processor.eos_id() == manifest["eos_id"] and processor.pad_id() == manifest["pad_id"]
@@ -93,11 +59,11 @@ def test_sample_follows_mixture_weights(trained) -> None:
 def test_vocab_too_large_for_sample_is_refused_before_writing(sample_corpus: Path, tmp_path: Path) -> None:
     write_curated(tmp_path, sample_corpus)
     cfg = compose_curate(tmp_path, "tokenizer.vocab_size=60000", "tokenizer.sample_bytes=20000")
-    with pytest.raises(BadInput, match=r"tokenizer.vocab_size=60000"):
+    with pytest.raises(Refusal, match=r"tokenizer.vocab_size=60000"):
         train_tokenizer(cfg)
     assert not (tmp_path / "tokenizer").exists()
 
 
 def test_missing_curated_source_is_named(tmp_path: Path) -> None:
-    with pytest.raises(BadInput, match=r"mixture source 'commoncrawl' has no curated documents"):
+    with pytest.raises(Refusal, match=r"mixture source 'commoncrawl' has no curated documents"):
         train_tokenizer(compose_curate(tmp_path))

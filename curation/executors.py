@@ -12,13 +12,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datatrove.data import DocumentsPipeline
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from curation.layout import Layout
+from data_contract import DataLayout
 
 
 @dataclass
@@ -30,9 +29,9 @@ class Stage:
     after: tuple[str, ...] = field(default_factory=tuple)
 
 
-def layout_of(cfg: DictConfig) -> Layout:
+def layout_of(cfg: DictConfig) -> DataLayout:
     """Absolute paths, so Slurm tasks started elsewhere find the same files."""
-    return Layout(Path(cfg.paths.data_root).resolve())
+    return DataLayout(Path(cfg.paths.data_root).resolve())
 
 
 def default_venv_activate() -> str:
@@ -64,31 +63,3 @@ def run_stages(stages: list[Stage], executor: DictConfig) -> None:
         slurm.run()
         job_ids[stage.name] = slurm.job_id
         logger.info(f"curation stage {stage.name}: slurm job {slurm.job_id}")
-
-
-class PrepareTrainingData(PipelineStep):
-    """Tokenizer, token files and mixture plan as one single-task stage after the curated outputs.
-
-    These steps work on whole sources (a sample across all of them, validation splits, one plan),
-    so they run in one task; the tokenize step parallelises inside it. Lives here, not in the
-    `python -m` module, so datatrove pickles it by reference.
-    """
-
-    name = "tokenizer + tokens + mixture"
-    type = "🔢 - TOKENIZE"
-
-    def __init__(self, cfg: DictConfig) -> None:
-        super().__init__()
-        # Resolved now: Slurm tasks start with another environment and working directory.
-        self.config = OmegaConf.to_container(cfg, resolve=True)
-
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from curation.mix import build_mix
-        from curation.tokenize import tokenize_sources
-        from curation.tokenizer import train_tokenizer
-
-        cfg = OmegaConf.create(self.config)
-        train_tokenizer(cfg)
-        tokenize_sources(cfg)
-        logger.info(f"mixture plan: {build_mix(cfg)}")
-        return data

@@ -20,9 +20,10 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.writers import JsonlWriter
 
-from curation.extraction import BookedTrafilatura
-from curation.filters import GutenbergStripper, OfflineLanguageFilter, OfflineURLFilter
-from curation.ledger import LedgerStep
+from curation.steps.bookkeeping import LedgerStep
+from curation.steps.extraction import BookedTrafilatura
+from curation.steps.gutenberg import GutenbergStripper
+from curation.steps.offline_filters import OfflineLanguageFilter, OfflineURLFilter
 
 
 def _language(exclusion_writer: JsonlWriter, languages: list[str], threshold: float, model_path: str) -> PipelineStep:

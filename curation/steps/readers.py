@@ -2,7 +2,7 @@
 
 datatrove's readers drop undecodable or empty records silently and let a truncated archive end
 the task. A curation run over millions of crawl files must go on instead, keep the valid
-documents of a damaged file, and say how much it skipped and why (see `curation.ledger`).
+documents of a damaged file, and say how much it skipped and why (see `curation.steps.bookkeeping`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,15 @@ from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, Pa
 from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.utils.logging import logger
 
-from curation.ledger import ERRORS, IN_CHARS, IN_DOCS, OUT_CHARS, OUT_DOCS, count_kept, count_removed
+from curation.steps.bookkeeping import (
+    ERRORS,
+    IN_CHARS,
+    IN_DOCS,
+    OUT_CHARS,
+    OUT_DOCS,
+    count_kept,
+    count_removed,
+)
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 SNIFF_BYTES = 8192

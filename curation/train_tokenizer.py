@@ -1,6 +1,6 @@
 """Train the sentencepiece tokenizer on a sample of the curated sources, drawn in mixture proportions.
 
-`python -m curation.tokenizer [overrides]` writes `${paths.data_root}/tokenizer/spm.model` and a
+`python -m curation.train_tokenizer [overrides]` writes `${paths.data_root}/tokenizer/spm.model` and a
 `manifest.json` with the model's sha256, the fixed special ids and bytes per token per source.
 
 The model is lossless by construction: identity normalization, whitespace kept as is (no dummy
@@ -22,20 +22,18 @@ import sentencepiece as spm
 from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
 
-from curation.manifest import MANIFEST, code_version, file_sha256
-from curation.mix_plan import normalized_weights
-from curation.tokens_manifest import BadInput, token_dtype, write_json
+from curation.sources import CURATED_GLOB, curated_reader, normalized_weights
+from data_contract import (
+    TOKENIZER_MODEL,
+    DataLayout,
+    Refusal,
+    sha256_file,
+    token_dtype,
+    write_atomic,
+    write_manifest,
+)
 
 SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}
-CURATED_GLOB = "*.jsonl.gz"
-
-
-def curated_reader(data_root: Path, source: str) -> JsonlReader:
-    folder = data_root / "curated" / source
-    if not folder.is_dir() or not any(folder.glob(CURATED_GLOB)):
-        raise BadInput(f"mixture source '{source}' has no curated documents ({folder}/{CURATED_GLOB}): "
-                       f"run `python -m curation.run only=[{source}]` or drop it from the mixture")
-    return JsonlReader(str(folder), glob_pattern=CURATED_GLOB, recursive=False, add_file_path=False)
 
 
 def sample_source(reader: JsonlReader, budget: int) -> tuple[list[str], list[str]]:
@@ -79,26 +77,26 @@ def _train(samples: dict[str, list[str]], cfg: DictConfig, total_bytes: int) -> 
         )
     except RuntimeError as err:
         reason = str(err).strip().splitlines()[-1].split("] ")[-1]
-        raise BadInput(f"tokenizer.vocab_size={cfg.vocab_size}: sentencepiece refused it for a {total_bytes}-byte "
+        raise Refusal(f"tokenizer.vocab_size={cfg.vocab_size}: sentencepiece refused it for a {total_bytes}-byte "
                        f"sample ({reason}); change tokenizer.vocab_size or tokenizer.sample_bytes") from err
     return model.getvalue()
 
 
 def train_tokenizer(cfg: DictConfig) -> Path:
     """Sample, train, measure, write; returns the model path."""
-    data_root = Path(cfg.paths.data_root)
+    layout = DataLayout(Path(cfg.paths.data_root))
     settings = cfg.tokenizer
     token_dtype(settings.vocab_size)  # refuse a vocabulary no token file could hold, before any work
     weights = normalized_weights({name: spec.weight for name, spec in cfg.mixture.sources.items()},
                                  f"mixture {cfg.mixture.name}")
     weights = {name: weight for name, weight in weights.items() if weight > 0}
-    readers = {name: curated_reader(data_root, name) for name in weights}
+    readers = {name: curated_reader(layout, name) for name in weights}
 
     samples: dict[str, list[str]] = {}
     inputs: list[dict[str, str]] = []
     for name, reader in readers.items():
         samples[name], files = sample_source(reader, int(weights[name] * settings.sample_bytes))
-        inputs += [{"path": f"curated/{name}/{f}", "sha256": file_sha256(Path(reader.data_folder.path) / f)}
+        inputs += [{"path": f"curated/{name}/{f}", "sha256": sha256_file(Path(reader.data_folder.path) / f)}
                    for f in files]
     sample_bytes = {name: sum(len(t.encode()) for t in texts) for name, texts in samples.items()}
 
@@ -108,15 +106,11 @@ def train_tokenizer(cfg: DictConfig) -> Path:
     sample_tokens = {name: sum(map(len, processor.encode(texts, num_threads=threads)))
                      for name, texts in samples.items()}
 
-    out = data_root / "tokenizer"
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = out / "spm.model"
-    tmp = out / ".spm.model.tmp"
-    tmp.write_bytes(model)
-    os.replace(tmp, model_path)
-    manifest: dict[str, Any] = {
-        "model": "spm.model",
-        "sha256": file_sha256(model_path),
+    model_path = layout.tokenizer_model
+    write_atomic(model_path, model)
+    description: dict[str, Any] = {
+        "model": TOKENIZER_MODEL,
+        "sha256": sha256_file(model_path),
         "model_type": settings.model_type,
         "vocab_size": processor.vocab_size(),
         **SPECIAL_IDS,
@@ -126,16 +120,14 @@ def train_tokenizer(cfg: DictConfig) -> Path:
         "bytes_per_token": {name: sample_bytes[name] / max(1, sample_tokens[name]) for name in samples},
         "sample": {name: {"documents": len(samples[name]), "bytes": sample_bytes[name],
                           "tokens": sample_tokens[name]} for name in samples},
-        "inputs": inputs,
-        "config": {"tokenizer": OmegaConf.to_container(settings, resolve=True),
-                   "mixture": OmegaConf.to_container(cfg.mixture, resolve=True)},
-        "version": code_version(),
     }
-    write_json(out / MANIFEST, manifest)
+    write_manifest(layout.tokenizer, inputs=inputs, outputs={TOKENIZER_MODEL: description["sha256"]},
+                   config={"tokenizer": OmegaConf.to_container(settings, resolve=True),
+                           "mixture": OmegaConf.to_container(cfg.mixture, resolve=True)}, **description)
     width = max(map(len, samples))
     for name in samples:
-        print(f"{name:<{width}}  {sample_bytes[name]:>12,} bytes  {manifest['bytes_per_token'][name]:.3f} bytes/token")
-    print(f"tokenizer: {model_path} (vocab {manifest['vocab_size']}, sha256 {manifest['sha256'][:12]})")
+        print(f"{name:<{width}}  {sample_bytes[name]:>12,} bytes  {description['bytes_per_token'][name]:.3f} bytes/token")
+    print(f"tokenizer: {model_path} (vocab {description['vocab_size']}, sha256 {description['sha256'][:12]})")
     return model_path
 
 

@@ -20,30 +20,17 @@ of a source's size is ever materialised (CommonCrawl at GPT-3 scale has 200M win
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import numpy as np
 from numba import njit
 
-from curation.tokens_manifest import BadInput
+from data_contract import Refusal
 
 MAX_SAMPLES = 1 << 31  # keeps the scheduler's products (taken_i x N, n_i x t) inside int64
 _FEISTEL_ROUNDS = 4  # Luby-Rackoff: four rounds of a pseudo-random function give a pseudo-random permutation
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser constants
 _MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def normalized_weights(weights: Mapping[str, float], where: str) -> dict[str, float]:
-    """Weights scaled to sum to one (GPT-3's Table 2.2 sums to 1.01 by rounding)."""
-    if not weights:
-        raise BadInput(f"{where}: no sources; list at least one `sources.<name>.weight`")
-    for name, weight in weights.items():
-        if not isinstance(weight, int | float) or weight < 0 or weight != weight:
-            raise BadInput(f"{where}: sources.{name}.weight={weight!r} must be a number >= 0")
-    total = float(sum(weights.values()))
-    if total <= 0:
-        raise BadInput(f"{where}: all source weights are zero; give at least one source a positive weight")
-    return {name: float(weight) / total for name, weight in weights.items()}
 
 
 def allocate_samples(weights: np.ndarray, caps: np.ndarray, num_samples: int) -> np.ndarray:
@@ -58,8 +45,8 @@ def allocate_samples(weights: np.ndarray, caps: np.ndarray, num_samples: int) ->
     while True:
         share = np.where(free, weights, 0.0)
         if share.sum() <= 0:
-            raise BadInput(f"mix: {num_samples} samples exceed what the sources' max_epochs allow "
-                           f"({int(caps[weights > 0].sum())}); lower mix.tokens or raise max_epochs")
+            raise Refusal(f"mix: {num_samples} samples exceed what the sources' max_epochs allow "
+                           f"({int(caps[weights > 0].sum())}); lower mix_plan.tokens or raise max_epochs")
         ideal = remaining * share / share.sum()
         over = free & (ideal > caps)
         if not over.any():

@@ -1,0 +1,1 @@
+"""The datatrove steps this project adds or adapts; the stage commands in `curation` assemble them."""

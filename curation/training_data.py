@@ -1,0 +1,36 @@
+"""The last stage of `curation.run`: tokenizer, token files and mixture plan, once the sources are curated."""
+
+from __future__ import annotations
+
+from datatrove.data import DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.logging import logger
+from omegaconf import DictConfig, OmegaConf
+
+
+class PrepareTrainingData(PipelineStep):
+    """Tokenizer, token files and mixture plan as one single-task stage after the curated outputs.
+
+    These steps work on whole sources (a sample across all of them, validation splits, one plan),
+    so they run in one task; the tokenize step parallelises inside it. Not in `curation.run`, which
+    runs as `__main__`: datatrove pickles a step by reference only when its module can be imported.
+    """
+
+    name = "tokenizer + tokens + mixture"
+    type = "🔢 - TOKENIZE"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__()
+        # Resolved now: Slurm tasks start with another environment and working directory.
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        from curation.mix import build_mix
+        from curation.tokenize import tokenize_sources
+        from curation.train_tokenizer import train_tokenizer
+
+        cfg = OmegaConf.create(self.config)
+        train_tokenizer(cfg)
+        tokenize_sources(cfg)
+        logger.info(f"mixture plan: {build_mix(cfg)}")
+        return data

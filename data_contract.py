@@ -1,0 +1,282 @@
+"""The files curation writes and training reads, described once.
+
+`curation` writes and `train` reads everything under `paths.data_root`; neither imports the other,
+so this module is where the two agree (and where tests build data in the same format):
+
+    curated/<source>/*.jsonl.gz, stats.json, manifest.json     kept documents (datatrove JSONL)
+    removed/<source>/<step>/*.jsonl.gz                          what each step removed, as it entered
+    report/curation.md, funnel.png                              the run report
+    quality_classifier/                                         the classifier and its manifest
+    tokenizer/spm.model, manifest.json                          the trained tokenizer
+    tokens/<source>/*.ds, *.ds.index, val/, manifest.json       token files (datatrove's format)
+    mix/<mixture>/plan_source.npy, plan_sample.npy, mixture.json, manifest.json   the training order
+    work/<source>/<stage>/, work/logs/<stage>[/<source>]/       intermediate documents, datatrove logs
+
+Every output folder carries one `manifest.json` schema (`write_manifest`); every file is written
+atomically (`write_atomic`); every refusal of bad input is a `Refusal`, whose message is the one line
+the user sees. Only the standard library and numpy are imported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+TOKENIZER_MODEL = "spm.model"
+MIXTURE_SPEC = "mixture.json"
+PLAN_SOURCE, PLAN_SAMPLE = "plan_source.npy", "plan_sample.npy"
+# what training reads from mixture.json; curation.mix writes more (shares, epochs, drift)
+MIXTURE_KEYS = ("name", "seq_len", "seed", "tokens", "num_samples", "tokenizer_sha256", "dtype", "vocab_size",
+                "eos_id", "sources")
+MIXTURE_SOURCE_KEYS = ("name", "weight", "token_files", "val_files")
+TOKENS_KEYS = ("source", "tokenizer_sha256", "dtype", "vocab_size", "eos_id", "tokens", "files", "val_files")
+
+
+class Refusal(SystemExit):
+    """Bad input or settings, refused before any work: the message names the file or key and the fix.
+
+    A SystemExit, so that an uncaught one prints that line alone (no traceback) and exits non-zero.
+    """
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """Every path under one `paths.data_root`."""
+
+    root: Path
+
+    def curated(self, source: str) -> Path:
+        return self.root / "curated" / source
+
+    def removed(self, source: str) -> Path:
+        return self.root / "removed" / source
+
+    def work(self, source: str, stage: str) -> Path:
+        return self.root / "work" / source / stage
+
+    def inputs_list(self, source: str) -> Path:
+        return self.root / "work" / source / "inputs.txt"
+
+    def logs(self, stage: str, source: str | None = None) -> Path:
+        path = self.root / "work" / "logs" / stage
+        return path / source if source else path
+
+    def dedup(self, kind: str) -> Path:
+        return self.root / "work" / "dedup" / kind
+
+    @property
+    def classifier(self) -> Path:
+        return self.root / "quality_classifier"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokenizer_model(self) -> Path:
+        return self.tokenizer / TOKENIZER_MODEL
+
+    def tokens(self, source: str) -> Path:
+        return self.root / "tokens" / source
+
+    def mix(self, mixture: str) -> Path:
+        return self.root / "mix" / mixture
+
+    def relative(self, path: Path) -> str:
+        """`path` as the manifests name it: relative to the data root, so the root can move."""
+        return path.resolve().relative_to(self.root.resolve()).as_posix()
+
+
+def sha256_file(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_atomic(path: Path, content: bytes | str) -> None:
+    """Write through a temporary name, fsync, rename, fsync the folder: readers (and a crash) see the
+    old file or the whole new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(content.encode() if isinstance(content, str) else content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def replace_folder(staged: Path, final: Path) -> None:
+    """Move a fully written folder into place: its files and itself fsynced first, the old one removed."""
+    for file in staged.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(staged)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staged, final)
+    _fsync_dir(final.parent)
+
+
+def staging_folder(final: Path) -> Path:
+    """An empty sibling folder to write `final`'s new contents into before `replace_folder`."""
+    staged = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    return staged
+
+
+def write_json(path: Path, payload: Any) -> None:
+    write_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    """A JSON object from `path`, or a refusal naming the file and `fix`."""
+    if not path.is_file():
+        raise Refusal(f"{path} is missing: {fix}")
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise Refusal(f"{path} is not valid JSON ({err}): {fix}") from err
+    if not isinstance(payload, dict):
+        raise Refusal(f"{path} holds no JSON object: {fix}")
+    return payload
+
+
+def require_keys(payload: dict[str, Any], keys: tuple[str, ...], where: str, fix: str) -> None:
+    missing = [key for key in keys if key not in payload]
+    if missing:
+        raise Refusal(f"{where} lacks {', '.join(repr(k) for k in missing)}: {fix}")
+
+
+def code_version() -> dict[str, str]:
+    """Versions of the packages that shape the data, and the git commit when running from a checkout."""
+    versions = {}
+    for name in ("gptpipe", "datatrove", "trafilatura", "sentencepiece", "numpy"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    if commit.returncode == 0:
+        versions["git_commit"] = commit.stdout.strip()
+    return versions
+
+
+def write_manifest(folder: Path, *, inputs: Any, config: Any, counts: Any = None,
+                   outputs: dict[str, str] | None = None, **contents: Any) -> Path:
+    """`folder/manifest.json`: what the folder was computed from (inputs with hashes, settings, code
+    version), what it holds (`outputs`: file name -> sha256, counts) and any stage-specific `contents`.
+    No timestamp: the same inputs give the same bytes."""
+    manifest = {**contents, "inputs": inputs, "config": config, "counts": counts or {}, "outputs": outputs or {},
+                "version": code_version()}
+    path = Path(folder) / MANIFEST
+    write_json(path, manifest)
+    return path
+
+
+# ---- token files: datatrove's DocumentTokenizer format ----------------------------------------------
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest dtype datatrove uses for ids of this vocabulary (little-endian, no header)."""
+    if vocab_size <= np.iinfo(np.uint16).max + 1:
+        return np.dtype("<u2")
+    if vocab_size <= np.iinfo(np.uint32).max + 1:
+        return np.dtype("<u4")
+    raise Refusal(f"tokenizer.vocab_size={vocab_size} does not fit uint32 token files; use a smaller vocabulary")
+
+
+def check_vocab_fits(vocab_size: int, dtype: str, where: str) -> None:
+    """Ids up to vocab_size - 1 must be representable in the token files' dtype."""
+    if vocab_size > np.iinfo(np.dtype(dtype)).max + 1:
+        raise Refusal(f"{where}: vocab_size={vocab_size} does not fit dtype {dtype}; "
+                      f"re-tokenize (curation.tokenize picks uint32 above 65536 ids)")
+
+
+def token_file_entry(path: Path, layout: DataLayout, dtype: np.dtype) -> dict[str, Any]:
+    """Path (relative to the data root), token and document counts and sha256 of one token file."""
+    doc_ends = np.fromfile(f"{path}.index", dtype="<u8")
+    tokens = path.stat().st_size // dtype.itemsize
+    if doc_ends.size and int(doc_ends[-1]) != tokens:
+        raise Refusal(f"{path}.index ends at {int(doc_ends[-1])} tokens but the file holds {tokens}: "
+                      f"delete the source's token folder and rerun curation.tokenize")
+    return {"path": layout.relative(path), "tokens": int(tokens), "documents": int(doc_ends.size),
+            "sha256": sha256_file(path)}
+
+
+def load_source_tokens(layout: DataLayout, source: str) -> dict[str, Any]:
+    """A source's tokens manifest after checking its files against it (sizes, dtype, vocabulary).
+
+    Sizes only, not hashes: re-hashing hundreds of GB on every mix would cost more than the plan.
+    """
+    fix = f"run `python -m curation.tokenize` for source {source}"
+    manifest_path = layout.tokens(source) / MANIFEST
+    if not manifest_path.is_file():
+        raise Refusal(f"mixture source '{source}' has no token files ({manifest_path} missing): {fix}")
+    manifest = read_json(manifest_path, fix)
+    require_keys(manifest, TOKENS_KEYS, str(manifest_path), fix)
+    dtype = np.dtype(manifest["dtype"])
+    check_vocab_fits(manifest["vocab_size"], manifest["dtype"], str(manifest_path))
+    if not manifest["files"]:
+        raise Refusal(f"mixture source '{source}' has no training token files in {manifest_path}: {fix}")
+    for entry in manifest["files"] + manifest["val_files"]:
+        path = layout.root / entry["path"]
+        if not path.is_file():
+            raise Refusal(f"{path} listed in {manifest_path} is missing: {fix}")
+        size = path.stat().st_size
+        if size % dtype.itemsize:
+            raise Refusal(f"{path}: {size} bytes is not a multiple of {dtype.name}'s {dtype.itemsize} "
+                          f"(truncated or foreign file): {fix}")
+        if size // dtype.itemsize != entry["tokens"]:
+            raise Refusal(f"{path}: holds {size // dtype.itemsize} tokens, {manifest_path} says "
+                          f"{entry['tokens']}: {fix}")
+    return manifest
+
+
+# ---- the mixture plan --------------------------------------------------------------------------------
+
+def write_mixture_spec(mix_dir: Path, spec: dict[str, Any]) -> None:
+    """`mixture.json`, refused if it lacks what training reads."""
+    fix = "build mixture.json with every key training reads"
+    require_keys(spec, MIXTURE_KEYS, f"{mix_dir / MIXTURE_SPEC}", fix)
+    for source in spec["sources"]:
+        require_keys(source, MIXTURE_SOURCE_KEYS, f"{mix_dir / MIXTURE_SPEC} source {source.get('name')}", fix)
+    write_json(mix_dir / MIXTURE_SPEC, spec)
+
+
+def read_mixture_spec(mix_dir: Path) -> dict[str, Any]:
+    """The plan's `mixture.json`, checked for what training reads, with the plan arrays present."""
+    fix = f"build it with `python -m curation.mix mixture={mix_dir.name}`"
+    spec_path = mix_dir / MIXTURE_SPEC
+    if not spec_path.exists():
+        raise Refusal(f"no mixture plan at {spec_path}; {fix}")
+    spec = read_json(spec_path, fix)
+    require_keys(spec, MIXTURE_KEYS, str(spec_path), fix)
+    for name in (PLAN_SOURCE, PLAN_SAMPLE):
+        if not (mix_dir / name).is_file():
+            raise Refusal(f"{mix_dir / name} is missing: {fix}")
+    return spec
