@@ -1,4 +1,4 @@
-"""The GPT model: modules, presets, saved-model formats (native and HF GPT-2), generation, FLOPs."""
+"""The GPT model: modules, saved-model formats (native and HF GPT-2), generation, FLOPs."""
 
 from model.config import GPTConfig
 from model.gpt import GPT

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from model.activation import gelu_tanh
 from model.attention import attention
 from model.config import GPTConfig
-from model.gelu import gelu_tanh
 from model.kv_cache import KVCache
 
 INIT_STD = 0.02

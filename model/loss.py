@@ -1,51 +1,11 @@
-"""Next-token cross-entropy, the pretraining objective, computed in fp32 a slice of rows at a time.
-
-`F.cross_entropy(logits.float(), ...)` materialises the logits three more times at fp32 (the
-upcast, the log-softmax, its gradient) plus a zero-filled gradient buffer: on a 50k vocabulary
-that traffic costs more than the head matmul itself. Here each slice of rows is upcast while it
-is in cache, only a log-sum-exp per row is kept, and the gradient is written once in the logits'
-own dtype. The result is the same fp32 cross-entropy.
-"""
+"""Next-token cross-entropy, the pretraining objective, in fp32 whatever the logits' dtype."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-# Rows per slice: about 1 MiB of fp32 logits, which stays in a CPU core's L2 cache (measured fastest
-# on this project's reference CPU for 8k and 50k vocabularies). A GPU has the bandwidth to take the
-# whole tensor in one pass, so it is not sliced there.
-_CPU_SLICE_ELEMENTS = 1 << 18
-
-
-def _row_slices(logits: torch.Tensor) -> list[slice]:
-    rows, vocab = logits.shape
-    step = max(1, _CPU_SLICE_ELEMENTS // vocab) if logits.device.type == "cpu" else rows
-    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
-
-
-class _CrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
-        kept = targets != ignore_index
-        targets = targets.masked_fill(~kept, 0)
-        log_normalizer = torch.empty(logits.size(0), dtype=torch.float32, device=logits.device)
-        for rows in _row_slices(logits):
-            log_normalizer[rows] = torch.logsumexp(logits[rows].float(), dim=-1)
-        target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1).float()
-        count = kept.sum()
-        ctx.save_for_backward(logits, targets, kept, log_normalizer, count)
-        return ((log_normalizer - target_logits) * kept).sum() / count
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        logits, targets, kept, log_normalizer, count = ctx.saved_tensors
-        row_scale = kept * (grad_loss / count)  # d loss / d logit = (softmax - onehot) * row_scale
-        grad = torch.empty_like(logits)
-        for rows in _row_slices(logits):
-            probs = (logits[rows].float() - log_normalizer[rows, None]).exp_()
-            probs.scatter_add_(1, targets[rows, None], probs.new_full((probs.size(0), 1), -1.0))
-            grad[rows] = probs.mul_(row_scale[rows, None])
-        return grad, None, None
+from model.cpu_kernels.sliced_loss import SlicedCrossEntropy
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -57,4 +17,6 @@ def next_token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: i
     logits alike (a model cast to bf16 by DeepSpeed, or autocast); the arithmetic is fp32.
     """
     vocab = logits.size(-1)
-    return _CrossEntropy.apply(logits.reshape(-1, vocab), targets.reshape(-1), ignore_index)
+    if logits.device.type == "cpu":
+        return SlicedCrossEntropy.apply(logits.reshape(-1, vocab), targets.reshape(-1), ignore_index)
+    return F.cross_entropy(logits.reshape(-1, vocab).float(), targets.reshape(-1), ignore_index=ignore_index)

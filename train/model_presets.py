@@ -1,7 +1,8 @@
-"""Named model sizes from conf/model/.
+"""The model sizes of conf/model/ against the sizes their papers publish.
 
-`python -m model.presets` prints each preset's parameter count against the published figure,
-and its training FLOPs per token.
+`python -m train.model_presets` prints each preset's parameter count against the published figure,
+and its training FLOPs per token. Here, not in `model`, because the model package reads no config
+files: the trainer hands it a GPTConfig.
 """
 
 from __future__ import annotations
