@@ -1,4 +1,4 @@
-"""The one place tests find the repository and run the project's command-line entries.
+"""The one place tests find the repository (and its sample corpus) and run the project's command-line entries.
 
 Every command runs as a user would start it: a fresh Python process, `python -m <module>`, with
 CPU DeepSpeed and offline wandb. A test that needs the output checks `returncode` itself, or
@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# the real sample corpus `make data` fetches (python -m curation.sample_data data/raw)
+SAMPLE_CORPUS = Path(os.environ.get("GPTPIPE_RAW_ROOT", REPO / "data" / "raw"))
 TEST_ENV = {"DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_CORPUS = Path(os.environ.get("GPTPIPE_RAW_ROOT", REPO / "data" / "raw"))
+from tests.commands import SAMPLE_CORPUS
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +12,8 @@ from model import GPT, GPTConfig
 from model.generate import generate, load_for_generation, sample_next
 from model.hf import load_hf_gpt2, save_hf_gpt2
 from model.pretrained import save_pretrained
+from tests.commands import SAMPLE_CORPUS, run_module
 
-REPO = Path(__file__).resolve().parents[1]
-RAW_ROOT = Path(os.environ.get("GPTPIPE_RAW_ROOT", REPO / "data" / "raw"))
 CONFIG = GPTConfig(vocab_size=1000, block_size=64, n_layer=2, n_head=4, n_embd=64)
 
 
@@ -33,7 +29,7 @@ def gpt() -> GPT:
 
 @pytest.fixture(scope="module")
 def spm_model() -> Path:
-    path = RAW_ROOT / "tokenizers" / "sentencepiece" / "botchan_en_unigram_1000.model"
+    path = SAMPLE_CORPUS / "tokenizers" / "sentencepiece" / "botchan_en_unigram_1000.model"
     if not path.is_file():
         pytest.skip(f"{path} missing; run `make data`")
     return path
@@ -125,24 +121,8 @@ def test_generate_command_samples_from_a_run_dir(gpt, spm_model, tmp_path):
     torch.manual_seed(0)
     save_pretrained(GPT(config), tmp_path / "run" / "checkpoints" / "step_5" / "model", tokenizer=spm_model)
     (tmp_path / "run" / "checkpoints" / "latest").write_text("step_5")
-    command = [
-        sys.executable,
-        "-m",
-        "model.generate",
-        f"checkpoint={tmp_path / 'run'}",
-        'prompt="Botchan, said the master"',
-        "max_new_tokens=12",
-        "temperature=0",
-        "num_samples=2",
-    ]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    result = run_module("model.generate", f"checkpoint={tmp_path / 'run'}", 'prompt="Botchan, said the master"',
+                        "max_new_tokens=12", "temperature=0", "num_samples=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     samples = result.stdout.strip().split("\n" + "-" * 40 + "\n")
     assert len(samples) == 2 and samples[0] == samples[1]  # greedy: both rows agree
@@ -155,13 +135,7 @@ def test_generate_command_samples_from_a_run_dir(gpt, spm_model, tmp_path):
 
 
 def test_generate_command_names_a_missing_model_in_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "model.generate", f"checkpoint={tmp_path}"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
+    result = run_module("model.generate", f"checkpoint={tmp_path}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path}: no config.json; expected a saved model dir, a checkpoint dir holding model/, "

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +10,13 @@ import sentencepiece
 import torch
 
 from model import GPT, GPTConfig
-from model.convert import main as convert
+from model.convert import convert
 from model.hf import load_hf_gpt2, save_hf_gpt2
 from model.pretrained import load_pretrained, save_pretrained
+from tests.commands import SAMPLE_CORPUS, run_module
 
 transformers = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[1]
-RAW_ROOT = Path(os.environ.get("GPTPIPE_RAW_ROOT", REPO / "data" / "raw"))
 HF_SHAPE = {"vocab_size": 1000, "n_positions": 64, "n_layer": 2, "n_head": 4, "n_embd": 64}
 
 
@@ -46,9 +42,9 @@ def hf_logits(directory: Path, ids: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def spm_models() -> list[Path]:
-    models = sorted((RAW_ROOT / "tokenizers" / "sentencepiece").glob("botchan_en_*.model"))
+    models = sorted((SAMPLE_CORPUS / "tokenizers" / "sentencepiece").glob("botchan_en_*.model"))
     if not models:
-        pytest.skip(f"no sample sentencepiece models under {RAW_ROOT}; run `make data`")
+        pytest.skip(f"no sample sentencepiece models under {SAMPLE_CORPUS}; run `make data`")
     return models
 
 
@@ -85,7 +81,7 @@ def test_exported_model_gives_our_logits_in_transformers(bias, token_ids, tmp_pa
 
 
 def test_exported_tokenizer_loads_in_autotokenizer_with_sentencepiece_ids(spm_models, tmp_path):
-    text = (RAW_ROOT / "books" / "gutenberg" / "pg8868_botchan.txt").read_text(encoding="utf-8")[
+    text = (SAMPLE_CORPUS / "books" / "gutenberg" / "pg8868_botchan.txt").read_text(encoding="utf-8")[
         20_000:40_000
     ]
     lines = [*text.splitlines(), "  spaces   inside  ", "Ünïcödé — “quotes” ½"]
@@ -120,8 +116,8 @@ def test_mismatched_tensor_shape_is_named(hf_dir, tmp_path):
 
 
 def test_convert_round_trip_through_the_command(hf_dir, token_ids, tmp_path):
-    convert(["from_hf", str(hf_dir), str(tmp_path / "ours")])
-    convert(["to_hf", str(tmp_path / "ours"), str(tmp_path / "back")])
+    run_module("model.convert", "direction=from_hf", f"src={hf_dir}", f"dst={tmp_path / 'ours'}", check=True)
+    convert("to_hf", tmp_path / "ours", tmp_path / "back")
     with torch.no_grad():
         ours = load_pretrained(tmp_path / "ours")(token_ids)
     assert (ours - hf_logits(hf_dir, token_ids)).abs().max().item() <= 1e-4
@@ -132,13 +128,7 @@ def test_convert_command_reports_bad_input_in_one_line(tmp_path):
     save_pretrained(
         GPT(GPTConfig(vocab_size=100, block_size=8, n_layer=1, n_head=2, n_embd=16)), tmp_path / "ours"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "model.convert", "from_hf", str(tmp_path / "ours"), str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-    )
+    result = run_module("model.convert", "direction=from_hf", f"src={tmp_path / 'ours'}", f"dst={tmp_path / 'out'}")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'ours' / 'config.json'}: model_type=None is not 'gpt2'; only GPT-2 checkpoints can be imported"
