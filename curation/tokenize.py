@@ -163,17 +163,16 @@ def tokenize_sources(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     sources = [name for name, weight in weights.items() if weight > 0]
     for name in sources:
         curated_reader(layout, name)  # refuse a missing source before tokenizing any
-    manifests = {name: tokenize_source(cfg, name, tokenizer) for name in sources}
-    width = max(map(len, manifests))
-    for name, m in manifests.items():
-        print(f"{name:<{width}}  {m['tokens']:>13,} train tokens in {len(m['files'])} files  "
-              f"{m['val_tokens']:>11,} val tokens ({m['val_documents']} docs)")
-    return manifests
+    return {name: tokenize_source(cfg, name, tokenizer) for name in sources}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    tokenize_sources(cfg)
+    manifests = tokenize_sources(cfg)
+    width = max(map(len, manifests))
+    for name, m in manifests.items():
+        print(f"{name:<{width}}  {m['tokens']:>13,} train tokens in {len(m['files'])} files  "
+              f"{m['val_tokens']:>11,} val tokens ({m['val_documents']} docs)")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.commands import REPO
 from tests.curation_fixtures import read_docs
 from tests.slurm_jobs import submit, wait_for
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -43,6 +43,8 @@ def test_curate_sh_runs_the_stages_and_a_rerun_skips_them(tmp_path: Path, sample
     report_written = report.stat().st_mtime_ns
 
     rerun_log = _submit_curation(tmp_path, sample_corpus, data_root, "cur2")
-    time.sleep(5)
+    # the submitting job has ended, so every job it would queue is queued by now
+    stages = re.findall(r"curation stage (\S+): slurm job (\S+)", rerun_log)
+    assert stages and all(job == "-1" for _, job in stages), f"a rerun of completed work queued jobs:\n{rerun_log[-2000:]}"
     assert not _jobs_named("cur2"), f"a rerun of completed work queued jobs:\n{rerun_log[-2000:]}"
     assert report.stat().st_mtime_ns == report_written
