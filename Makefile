@@ -19,17 +19,22 @@ export WANDB_MODE ?= offline
 # DeepSpeed JIT-builds a comm op on first use; one cache per venv, so two checkouts do not rebuild each other's.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-.PHONY: setup data cluster demo test bench lint
+.PHONY: setup lock data cluster demo test bench lint
 
 setup: $(STAMP)
 
 # Torch first, from TORCH_SPEC, so that a CPU box never resolves a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+
+# Pin the environment a fresh `make setup` resolves today (torch stays with TORCH_SPEC); commit the result.
+lock: setup
+	{ echo "# Versions make setup installs (pip install -c constraints.txt); regenerate with make lock."; \
+	  $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check | grep -v -i '^torch=='; } > constraints.txt
 
 data: setup
 	$(BIN)/python -m curation.sample_data $(DATA_RAW)

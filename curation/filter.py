@@ -15,6 +15,8 @@ from omegaconf import DictConfig
 
 from curation.executors import Stage, layout_of, run_stages
 from curation.sources import Source, selected_sources, write_inputs_list
+from curation.steps.error_check import ErrorLossCheck
+from curation.steps.preflight import probe_steps
 from curation.steps.readers import make_reader
 from curation.steps.registry import build_step
 from data_contract import DataLayout
@@ -41,13 +43,18 @@ def filter_pipeline(source: Source, layout: DataLayout) -> list[PipelineStep]:
 
 
 def filter_stages(sources: list[Source], layout: DataLayout) -> list[Stage]:
-    return [Stage(f"filter_{s.name}", filter_pipeline(s, layout), s.tasks, layout.logs("filter", s.name))
-            for s in sources]
+    """One stage per source, then the check that no source lost every document to errors."""
+    stages = [Stage(f"filter_{s.name}", filter_pipeline(s, layout), s.tasks, layout.logs("filter", s.name))
+              for s in sources]
+    check = ErrorLossCheck(layout, {s.name: list(s.steps) for s in sources})
+    return [*stages, Stage("filter_check", [check], 1, layout.logs("filter_check"), tuple(s.name for s in stages))]
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    run_stages(filter_stages(selected_sources(cfg), layout_of(cfg)), cfg.executor)
+    sources = selected_sources(cfg)
+    probe_steps(sources)
+    run_stages(filter_stages(sources, layout_of(cfg)), cfg.executor)
 
 
 if __name__ == "__main__":

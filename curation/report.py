@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +29,13 @@ from curation.steps.bookkeeping import (
     OUT_DOCS,
     REMOVED_CHARS,
     REMOVED_DOCS,
+    task_stats,
 )
 from curation.steps.priority_dedup import rank_blocks, source_of_rank
 from curation.steps.quality_classifier import classifier_metrics
 from data_contract import DataLayout, sha256_file, write_atomic, write_json, write_manifest
 
 STATS = "stats.json"
-
-
-def _total(value: Any) -> float:
-    return value.get("total", 0) if isinstance(value, dict) else value
-
-
-def task_stats(logging_dir: Path, ranks: set[int] | None = None) -> dict[str, dict[str, float]]:
-    """Stat totals per step name, summed over the tasks (optionally only `ranks`) of one stage."""
-    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for path in sorted((logging_dir / "stats").glob("*.json")):
-        if ranks is not None and int(path.stem) not in ranks:
-            continue
-        for step in json.loads(path.read_text()):
-            for label, value in step["stats"].items():
-                totals[step["name"]][label] += _total(value)
-    return totals
 
 
 def step_record(stage: str, step: str, stats: dict[str, float]) -> dict[str, Any]:

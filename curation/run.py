@@ -19,7 +19,8 @@ from curation.filter import filter_stages
 from curation.quality import quality_stages
 from curation.report import CurationReport
 from curation.sources import selected_sources
-from curation.training_data import PrepareTrainingData
+from curation.steps.preflight import probe_steps
+from curation.training_data import PrepareTrainingData, probe_tokenizer_libraries
 
 
 def curation_stages(cfg: DictConfig) -> list[Stage]:
@@ -43,6 +44,9 @@ def curation_stages(cfg: DictConfig) -> list[Stage]:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
     stages = curation_stages(cfg)
+    probe_steps(selected_sources(cfg))
+    if any(stage.name == "training_data" for stage in stages):
+        probe_tokenizer_libraries()
     run_stages(stages, cfg.executor)
     if cfg.executor.kind == "local":
         print(f"curation report: {layout_of(cfg).report / 'curation.md'}")

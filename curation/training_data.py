@@ -7,6 +7,18 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 from omegaconf import DictConfig, OmegaConf
 
+from data_contract import Refusal
+
+
+def probe_tokenizer_libraries() -> None:
+    """The tokenizer and token-file steps' libraries import, or the run stops before its first stage."""
+    try:
+        import sentencepiece  # noqa: F401
+        from datatrove.pipeline.tokens import DocumentTokenizer  # noqa: F401
+    except ImportError as error:
+        raise Refusal(f"preflight: the tokenizer stage cannot run here ({error}); reinstall the environment "
+                      "with `make setup`") from None
+
 
 class PrepareTrainingData(PipelineStep):
     """Tokenizer, token files and mixture plan as one single-task stage after the curated outputs.

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,7 +18,7 @@ from datatrove.data import Document
 from warcio.archiveiterator import ArchiveIterator
 
 from curation.steps.priority_dedup import normalized_text
-from tests.commands import REPO, command_env
+from tests.commands import REPO, command_env, run_command
 from tests.curation_fixtures import curate_command, read_docs, run_curation
 
 SOURCES = ("commoncrawl", "webtext2", "books", "wikipedia")
@@ -155,3 +156,43 @@ def test_filter_stage_runs_through_slurm(sample_corpus: Path, tmp_path: Path) ->
     docs = read_docs(data_root / "work/webtext2/filtered")
     assert docs and all(d["metadata"]["language"] == "en" for d in docs)
     assert (data_root / "work/logs/filter/webtext2/launch_script.slurm").read_text().count("#SBATCH --partition=debug")
+
+
+def _filter_crawl(data_root: Path, sample_corpus: Path, *overrides: str, env: dict[str, str] | None = None):
+    return run_command(curate_command(data_root, sample_corpus, "only=[commoncrawl]", *overrides,
+                                      module="curation.filter"), env=env)
+
+
+@pytest.mark.slow
+def test_a_missing_language_model_stops_the_run_before_any_task(sample_corpus: Path, tmp_path: Path) -> None:
+    result = _filter_crawl(tmp_path / "data", sample_corpus, f"filters.language.model_path={tmp_path}/lid.176.ftz")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"preflight: step language of source commoncrawl cannot run here (FileNotFoundError: no language-ID model "
+        f"at {tmp_path}/lid.176.ftz); fetch the model with `python -m curation.assets` or point "
+        "filters.language.model_path at lid.176.ftz")
+    assert not (tmp_path / "data" / "work" / "logs").exists()
+
+
+@pytest.mark.slow
+def test_a_broken_extraction_install_stops_the_run_before_any_task(sample_corpus: Path, tmp_path: Path) -> None:
+    # the install NOTES.md describes: lxml 6 without lxml_html_clean, so trafilatura cannot import
+    shadow = tmp_path / "broken_site"
+    shadow.mkdir()
+    (shadow / "lxml_html_clean.py").write_text("raise ImportError('lxml_html_clean is not installed')\n")
+    result = _filter_crawl(tmp_path / "data", sample_corpus,
+                           env={"PYTHONPATH": os.pathsep.join([str(shadow), str(REPO)])})
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("preflight: step extract of source commoncrawl cannot run here (ImportError: ")
+    assert last.endswith("; reinstall the environment with `make setup` (trafilatura needs lxml_html_clean)")
+    assert not (tmp_path / "data" / "work" / "logs").exists()
+
+
+@pytest.mark.slow
+def test_a_source_lost_to_extraction_errors_stops_the_run(sample_corpus: Path, tmp_path: Path) -> None:
+    result = _filter_crawl(tmp_path / "data", sample_corpus, "filters.extract.timeout=1e-9")
+    assert result.returncode != 0
+    assert re.fullmatch(r"filter: source commoncrawl lost all (\d+) documents at step extract to "
+                        r"extract_timeout \(\1\): the step fails here, not the data; .*",
+                        result.stderr.strip().splitlines()[-1])

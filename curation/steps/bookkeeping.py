@@ -9,7 +9,10 @@ for, so that for every step `in = out + removed` holds for documents and
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
+import json
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+from typing import Any
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -77,3 +80,19 @@ class LedgerStep(PipelineStep):
                 yield doc
             while in_flight:
                 remove(*in_flight.popitem(last=False)[1])
+
+
+def _total(value: Any) -> float:
+    return value.get("total", 0) if isinstance(value, dict) else value
+
+
+def task_stats(logging_dir: Path, ranks: set[int] | None = None) -> dict[str, dict[str, float]]:
+    """Stat totals per step name, summed over the tasks (optionally only `ranks`) of one stage."""
+    totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for path in sorted((logging_dir / "stats").glob("*.json")):
+        if ranks is not None and int(path.stem) not in ranks:
+            continue
+        for step in json.loads(path.read_text()):
+            for label, value in step["stats"].items():
+                totals[step["name"]][label] += _total(value)
+    return totals
