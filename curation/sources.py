@@ -46,8 +46,9 @@ class Source:
         return [posixpath.relpath(path, self.data_folder) for path in self.files]
 
 
-def expand_inputs(name: str, inputs: str | list[str]) -> tuple[str, ...]:
-    """Paths, globs or fsspec URLs -> sorted list of existing files; a pattern matching nothing stops the run."""
+def expand_inputs(name: str, inputs: str | list[str], folders_allowed: bool = False) -> tuple[str, ...]:
+    """Paths, globs or fsspec URLs -> sorted list of existing files; a pattern matching nothing, or (unless
+    `folders_allowed`, as for a saved `datasets` folder) a folder, stops the run."""
     files: list[str] = []
     for pattern in [inputs] if isinstance(inputs, str) else list(inputs):
         fs, path = fsspec.core.url_to_fs(pattern)
@@ -55,6 +56,9 @@ def expand_inputs(name: str, inputs: str | list[str]) -> tuple[str, ...]:
         if not matches:
             raise Refusal(f"sources.{name}.input: nothing at '{pattern}'; point it at existing files "
                               f"(python -m curation.run sources.{name}.input='/path/*.ext')")
+        if not folders_allowed and (folder := next((m for m in matches if fs.isdir(m)), None)):
+            raise Refusal(f"sources.{name}.input: '{folder}' is a folder; name its files, e.g. "
+                          f"sources.{name}.input='{folder.rstrip('/')}/*'")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         local = protocol in ("file", "local")
         files += [str(Path(m).resolve()) if local else fs.unstrip_protocol(m) for m in matches]
@@ -81,7 +85,7 @@ def resolve_source(name: str, cfg: DictConfig, filters: DictConfig) -> Source:
     if tasks < 1:
         raise Refusal(f"{where}.tasks={tasks} must be >= 1")
     return Source(
-        name=name, format=cfg.format, files=expand_inputs(name, cfg.input), tasks=tasks,
+        name=name, format=cfg.format, files=expand_inputs(name, cfg.input, folders_allowed=cfg.format == "hf"), tasks=tasks,
         priority=int(cfg.get("priority", 1)), quality=quality,
         reader=OmegaConf.to_container(cfg.get("reader") or OmegaConf.create({}), resolve=True), steps=steps,
     )

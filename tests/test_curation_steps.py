@@ -64,6 +64,86 @@ def test_warc_reader_keeps_documents_before_a_truncation_and_counts_it(tmp_path:
     assert _total(reader, "in_docs") == _total(reader, "out_docs") + _total(reader, "removed_docs/empty")
 
 
+def _page(i: int) -> bytes:
+    return f"<html><body><p>page {i} {ENGLISH}</p></body></html>".encode()
+
+
+def _warc_bytes(pages: list[bytes], gzip: bool) -> bytes:
+    out = io.BytesIO()
+    writer = WARCWriter(out, gzip=gzip)
+    for i, page in enumerate(pages):
+        http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
+        writer.write_record(writer.create_warc_record(f"http://example.org/{i}", "response",
+                                                      payload=io.BytesIO(page), http_headers=http))
+    return out.getvalue()
+
+
+def _cut_inside_last_record(pages: list[bytes], gzip: bool) -> bytes:
+    """The archive cut in the middle of its last page's payload."""
+    whole = _warc_bytes(pages, gzip)
+    if gzip:  # each record is its own gzip member: cut the last member in half
+        start = len(_warc_bytes(pages[:-1], gzip))
+        return whole[: start + (len(whole) - start) // 2]
+    return whole[: whole.rindex(pages[-1]) + len(pages[-1]) // 2]
+
+
+def _jsonl(records: list[object]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+def _parquet(texts: list[str | None]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pa.table({"text": texts, "id": [str(i) for i in range(len(texts))]}), out)
+    return out.getvalue()
+
+
+GOOD = ENGLISH.strip()
+BAD_INPUTS = {  # case: (format, file name, content, texts kept, removed per reason, file errors per reason)
+    "warc.gz cut mid-record": ("warc", "cut.warc.gz", _cut_inside_last_record([_page(0), _page(1), _page(2)], True),
+                               2, {}, {"truncated_gzip": 1}),
+    "warc cut mid-record": ("warc", "cut.warc", _cut_inside_last_record([_page(0), _page(1), _page(2)], False),
+                            2, {"truncated_record": 1}, {}),
+    "jsonl text of the wrong type": ("jsonl", "mixed.jsonl", _jsonl([
+        {"text": GOOD, "id": "a"}, {"text": 5, "id": "n"}, {"text": GOOD, "id": "b"}, {"text": [1, 2], "id": "l"},
+        {"text": {"k": "v"}, "id": "o"}, {"text": None, "id": "z"}, {"text": GOOD, "id": "c"}]),
+        3, {"text_not_a_string": 3, "no_text": 1}, {}),
+    "parquet rows without text": ("parquet", "rows.parquet", _parquet([GOOD, "", None, GOOD]), 2,
+                                  {"empty": 1, "no_text": 1}, {}),
+    "empty warc.gz": ("warc", "empty.warc.gz", b"", 0, {"empty": 1}, {}),
+    "empty jsonl": ("jsonl", "empty.jsonl", b"", 0, {"empty": 1}, {}),
+    "random bytes named warc.gz": ("warc", "noise.warc.gz", bytes(range(7, 256)) * 40, 0, {}, {"not_a_warc": 1}),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_records_are_booked_and_good_ones_kept_whole(tmp_path: Path, case: str) -> None:
+    fmt, name, content, kept, removed, errors = BAD_INPUTS[case]
+    (tmp_path / name).write_bytes(content)
+    reader = make_reader(fmt, str(tmp_path), None, {})
+
+    docs = list(reader.run(None, 0, 1))
+
+    assert len(docs) == kept
+    assert all(GOOD in d.text for d in docs)  # whole documents: the text of a good record ends intact
+    if fmt == "warc":
+        assert [d.text.split(" ", 2)[1] for d in docs] == [str(i) for i in range(kept)]
+        assert all(d.text.rstrip().endswith("</html>") for d in docs)
+    stats = reader.stats.stats
+    assert {k[len("removed_docs/"):]: v.total for k, v in stats.items() if k.startswith("removed_docs/")} == removed
+    assert {k[len("errors/"):]: v.total for k, v in stats.items() if k.startswith("errors/")} == errors
+    assert stats["in_docs"].total == kept + sum(removed.values())
+
+
+def test_a_folder_given_as_an_input_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(Refusal) as error:
+        selected_sources(curate_config(f"sources.webtext2.input={tmp_path}", "only=[webtext2]"))
+    assert str(error.value) == (f"sources.webtext2.input: '{tmp_path}' is a folder; name its files, e.g. "
+                                f"sources.webtext2.input='{tmp_path}/*'")
+
+
 def test_text_reader_books_bad_files_under_their_reason(tmp_path: Path) -> None:
     (tmp_path / "good.txt").write_bytes(b"\xef\xbb\xbfline one\r\nline two\r\n")
     (tmp_path / "empty.txt").write_bytes(b"  \n")

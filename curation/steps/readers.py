@@ -29,7 +29,12 @@ from curation.steps.bookkeeping import (
 )
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+GZIP_MAGIC = b"\x1f\x8b"
 SNIFF_BYTES = 8192
+
+
+class NotAWarc(Exception):
+    """A file given as WARC whose first record cannot be parsed: not a damaged WARC, not a WARC at all."""
 
 
 class Skipped(NamedTuple):
@@ -43,6 +48,8 @@ def error_reason(error: Exception) -> str:
     """The stats label of an error that ends the reading of one file."""
     from warcio.exceptions import ArchiveLoadFailed
 
+    if isinstance(error, NotAWarc):
+        return "not_a_warc"
     if isinstance(error, (EOFError, zlib.error, BadGzipFile)):
         return "truncated_gzip"
     if isinstance(error, ArchiveLoadFailed):
@@ -66,8 +73,9 @@ class GuardedReader(BaseDiskReader):
         raise NotImplementedError
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
+        records = 0
         try:
-            for record in self.read_records(filepath):
+            for records, record in enumerate(self.read_records(filepath), start=1):  # noqa: B007
                 if isinstance(record, Document) and len(record.text) > self.max_doc_chars:
                     record = Skipped("too_large", len(record.text))
                 if isinstance(record, Skipped):
@@ -85,9 +93,18 @@ class GuardedReader(BaseDiskReader):
             reason = error_reason(error)
             self.stat_update(ERRORS + reason)
             logger.warning(f"{filepath}: {reason} ({error}); kept the documents read before it, next file")
+            return
+        if not records:  # a file with nothing in it is booked, as an empty text file is
+            self.stat_update(IN_DOCS)
+            count_removed(self, "empty", 0)
 
     def document(self, data: dict, filepath: str, index: int | str) -> Document | Skipped:
-        """datatrove's dict-to-Document adaptation, with an empty text booked as `empty`."""
+        """datatrove's dict-to-Document adaptation; a record without usable text is booked under why."""
+        text = data.get(self.text_key)
+        if text is None:
+            return Skipped("no_text", 0)
+        if not isinstance(text, str):  # a number, list or object where the text should be
+            return Skipped("text_not_a_string", len(json.dumps(text, default=str)))
         document = self.get_document_from_dict(data, filepath, index)
         return document if document else Skipped("empty", 0)
 
@@ -114,15 +131,20 @@ class GuardedWarcReader(GuardedReader, WarcReader):
 
         native_gzip = filepath.endswith(".gz") and self.compression in ("infer", "gzip")
         with self.data_folder.open(filepath, "rb", compression=None if native_gzip else self.compression) as f:
+            gzipped = native_gzip and f.read(2) == GZIP_MAGIC
+            f.seek(0)
+            index = -1
             try:
                 for index, record in enumerate(ArchiveIterator(f)):
                     with self.track_time():
                         yield self._from_record(record, filepath, index)
             except Exception as error:
-                if native_gzip and not self._gzip_complete(filepath):
+                if gzipped and not self._gzip_complete(filepath):
                     raise EOFError("gzip stream ends inside a member") from error
+                if index < 0:
+                    raise NotAWarc(f"no WARC record at its start ({error})") from error
                 raise
-        if native_gzip and not self._gzip_complete(filepath):  # warcio ends quietly on some truncations
+        if gzipped and not self._gzip_complete(filepath):  # warcio ends quietly on some truncations
             raise EOFError("gzip stream ends inside a member")
 
     def _gzip_complete(self, filepath: str) -> bool:
@@ -145,6 +167,8 @@ class GuardedWarcReader(GuardedReader, WarcReader):
         if record.rec_type not in ("response", "conversion"):  # WET text comes as "conversion"
             return Skipped(f"not_a_response_{record.rec_type}", 0)
         payload = record.content_stream().read()
+        if getattr(record.raw_stream, "limit", 0) > 0:  # the file ended before the record's Content-Length
+            return Skipped("truncated_record", len(payload))
         if not payload.strip():
             return Skipped("empty", 0)
         if len(payload) > self.max_doc_chars:
@@ -239,10 +263,18 @@ class JsonRecordsReader(GuardedReader):
 
 
 class GuardedParquetReader(GuardedReader, ParquetReader):
-    """datatrove's Parquet reader; a corrupt file is counted and skipped."""
+    """Parquet rows in batches, as datatrove reads them; a row without text is booked, a corrupt file skipped."""
 
     def read_records(self, filepath: str) -> Iterator[Document | Skipped]:
-        yield from ParquetReader.read_file(self, filepath)
+        import pyarrow.parquet as pq
+
+        with self.data_folder.open(filepath, "rb") as f, pq.ParquetFile(f) as parquet:
+            columns = None if self.read_metadata else [self.text_key, self.id_key]
+            index = 0
+            for batch in parquet.iter_batches(batch_size=self.batch_size, columns=columns):
+                for row in batch.to_pylist():
+                    yield self.document(row, filepath, index)
+                    index += 1
 
 
 class BookedHFReader(HuggingFaceDatasetReader):
