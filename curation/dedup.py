@@ -26,6 +26,7 @@ from datatrove.pipeline.dedup import (
 from datatrove.pipeline.writers import JsonlWriter
 from omegaconf import DictConfig
 
+from curation.data_root_claim import claim
 from curation.executors import Stage, layout_of, run_stages
 from curation.sources import Source, selected_sources
 from curation.steps.bookkeeping import LedgerStep
@@ -97,7 +98,9 @@ def last_dedup_stage(cfg: DictConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    run_stages(dedup_stages(cfg, selected_sources(cfg), layout_of(cfg), after=()), cfg.executor)
+    sources, layout = selected_sources(cfg), layout_of(cfg)
+    claim(cfg, sources, layout, with_dedup=True)
+    run_stages(dedup_stages(cfg, sources, layout, after=()), cfg.executor)
 
 
 if __name__ == "__main__":

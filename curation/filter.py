@@ -13,6 +13,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 from omegaconf import DictConfig
 
+from curation.data_root_claim import claim
 from curation.executors import Stage, layout_of, run_stages
 from curation.sources import Source, selected_sources, write_inputs_list
 from curation.steps.error_check import ErrorLossCheck
@@ -52,9 +53,10 @@ def filter_stages(sources: list[Source], layout: DataLayout) -> list[Stage]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    sources = selected_sources(cfg)
+    sources, layout = selected_sources(cfg), layout_of(cfg)
     probe_steps(sources)
-    run_stages(filter_stages(sources, layout_of(cfg)), cfg.executor)
+    claim(cfg, sources, layout, with_dedup=False)
+    run_stages(filter_stages(sources, layout), cfg.executor)
 
 
 if __name__ == "__main__":

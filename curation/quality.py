@@ -15,6 +15,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 from omegaconf import DictConfig, OmegaConf
 
+from curation.data_root_claim import claim
 from curation.executors import Stage, layout_of, run_stages
 from curation.sources import Source, selected_sources
 from curation.steps.bookkeeping import LedgerStep
@@ -54,7 +55,9 @@ def quality_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout, a
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    run_stages(quality_stages(cfg, selected_sources(cfg), layout_of(cfg), after=()), cfg.executor)
+    sources, layout = selected_sources(cfg), layout_of(cfg)
+    claim(cfg, sources, layout, with_dedup=True)
+    run_stages(quality_stages(cfg, sources, layout, after=()), cfg.executor)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from omegaconf import DictConfig, OmegaConf
 
+from curation.data_root_claim import claim
 from curation.executors import layout_of
 from curation.sources import Source, selected_sources
 from curation.steps.bookkeeping import (
@@ -217,7 +218,9 @@ class CurationReport(PipelineStep):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    print(f"curation report: {write_report(cfg, selected_sources(cfg), layout_of(cfg))}")
+    sources, layout = selected_sources(cfg), layout_of(cfg)
+    claim(cfg, sources, layout, with_dedup=False)
+    print(f"curation report: {write_report(cfg, sources, layout)}")
 
 
 if __name__ == "__main__":

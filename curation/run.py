@@ -13,6 +13,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from curation.data_root_claim import claim
 from curation.dedup import dedup_stages, last_dedup_stage
 from curation.executors import Stage, layout_of, run_stages
 from curation.filter import filter_stages
@@ -43,8 +44,10 @@ def curation_stages(cfg: DictConfig) -> list[Stage]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
+    sources = selected_sources(cfg)
+    probe_steps(sources)
+    claim(cfg, sources, layout_of(cfg), with_dedup=True)
     stages = curation_stages(cfg)
-    probe_steps(selected_sources(cfg))
     if any(stage.name == "training_data" for stage in stages):
         probe_tokenizer_libraries()
     run_stages(stages, cfg.executor)

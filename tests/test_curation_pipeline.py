@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -196,3 +197,52 @@ def test_a_source_lost_to_extraction_errors_stops_the_run(sample_corpus: Path, t
     assert re.fullmatch(r"filter: source commoncrawl lost all (\d+) documents at step extract to "
                         r"extract_timeout \(\1\): the step fails here, not the data; .*",
                         result.stderr.strip().splitlines()[-1])
+
+
+def _filter_webtext(data_root: Path, sample_corpus: Path, *overrides: str):
+    return run_command(curate_command(data_root, sample_corpus, "only=[webtext2]", *overrides,
+                                      module="curation.filter"))
+
+
+@pytest.mark.slow
+def test_a_rerun_follows_its_inputs(sample_corpus: Path, tmp_path: Path) -> None:
+    data_root = tmp_path / "data"
+    news = sorted((sample_corpus / "web/html/newspaper4k/txt").glob("*.txt"))
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for path in news[:5]:
+        (subset / path.name).write_bytes(path.read_bytes())
+    first = _filter_webtext(data_root, sample_corpus)
+    assert first.returncode == 0, first.stderr[-2000:]
+    kept_before = read_docs(data_root / "work/webtext2/filtered")
+
+    unchanged = _filter_webtext(data_root, sample_corpus)
+    assert unchanged.returncode == 0 and "already been completed" in unchanged.stderr
+
+    changed = _filter_webtext(data_root, sample_corpus, f"sources.webtext2.input={subset}/*.txt")
+    assert changed.returncode != 0
+    assert changed.stderr.strip().splitlines()[-1] == (
+        f"paths.data_root={data_root} holds outputs of other inputs or settings (changed: sources.webtext2); "
+        "rerun with restart=true to clear them and start over, or use another paths.data_root")
+    assert (data_root / "work/webtext2/inputs.txt").read_text().count("\n") == len(news)  # untouched
+
+    restarted = _filter_webtext(data_root, sample_corpus, f"sources.webtext2.input={subset}/*.txt", "restart=true")
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    kept_after = read_docs(data_root / "work/webtext2/filtered")
+    assert 0 < len(kept_after) <= 5 < len(kept_before)
+    assert (data_root / "work/webtext2/inputs.txt").read_text().count("\n") == 5
+
+
+@pytest.mark.slow
+def test_a_second_curation_on_one_data_root_is_refused(sample_corpus: Path, tmp_path: Path) -> None:
+    data_root = tmp_path / "data"
+    (data_root / "work").mkdir(parents=True)
+    with open(data_root / "work/.curation.lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write(f"testhost pid {os.getpid()}\n")
+        holder.flush()
+        result = _filter_webtext(data_root, sample_corpus)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"paths.data_root={data_root} is being curated by testhost pid {os.getpid()}; wait for it to end or use "
+        "another paths.data_root")

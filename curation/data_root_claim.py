@@ -1,0 +1,103 @@
+"""One curation at a time on a data root, and only over the inputs and settings its outputs came from.
+
+datatrove skips a task whose completion marker exists, whatever the task would now compute: a rerun
+with another input or other filter settings would keep the old outputs and report success. So every
+curation command first claims the data root: it takes the root's lock (a second curation on the same
+root is refused, naming the holder), and compares a fingerprint of what each stage is computed from
+(a source's settings and steps with its input files' sizes and modification times; dedup and quality
+settings with the sources they span; the code version) with the one the outputs were made with. A
+difference is refused in one line naming what changed; `restart=true` clears the outputs and starts
+over. The training-data stage (tokenizer, token files, mixture plan) is cheap to redo, so a change of
+its settings only makes it run again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+from typing import Any, TextIO
+
+import fsspec
+from omegaconf import DictConfig, OmegaConf
+
+from curation.sources import Source
+from data_contract import DataLayout, Refusal, code_version, read_json, write_json
+
+OUTPUT_FOLDERS = ("work", "curated", "removed", "report", "quality_classifier", "tokenizer", "tokens", "mix")
+TRAINING_DATA_SETTINGS = ("tokenizer", "token_files", "mix_plan", "mixture")
+_held: list[TextIO] = []  # the lock lives as long as the process
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_identity(path: str) -> list[Any]:
+    fs, inner = fsspec.core.url_to_fs(path)
+    info = fs.info(inner)
+    return [path, info.get("size"), info.get("mtime") or info.get("LastModified") or info.get("created")]
+
+
+def fingerprint(cfg: DictConfig, sources: list[Source], with_dedup: bool) -> dict[str, str]:
+    """What the outputs of these sources (and, `with_dedup`, of dedup and quality over them) depend on."""
+    entries = {"code": _digest(code_version())}
+    for source in sources:
+        entries[f"sources.{source.name}"] = _digest({
+            "settings": OmegaConf.to_container(cfg.sources[source.name], resolve=True), "steps": source.steps,
+            "files": [_file_identity(path) for path in source.files]})
+    if with_dedup:
+        spanned = sorted((s.name, s.priority) for s in sources)
+        for key in ("dedup", "quality"):
+            entries[key] = _digest({"settings": OmegaConf.to_container(cfg[key], resolve=True), "sources": spanned})
+    for key in TRAINING_DATA_SETTINGS:
+        if cfg.get(key) is not None:
+            entries[key] = _digest(OmegaConf.to_container(cfg[key], resolve=True))
+    return entries
+
+
+def _lock(layout: DataLayout) -> None:
+    path = layout.root / "work" / ".curation.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 (held open until the process ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise Refusal(f"paths.data_root={layout.root} is being curated by {holder}; wait for it to end or use "
+                      "another paths.data_root") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
+    handle.flush()
+    _held.append(handle)
+
+
+def claim(cfg: DictConfig, sources: list[Source], layout: DataLayout, with_dedup: bool) -> None:
+    """Lock the data root and check (or, with `restart`, reset) what its outputs were computed from."""
+    _lock(layout)
+    record = layout.root / "work" / "fingerprint.json"
+    now = fingerprint(cfg, sources, with_dedup)
+    if cfg.get("restart"):
+        for folder in OUTPUT_FOLDERS:
+            target = layout.root / folder
+            if folder == "work":  # keep the lock file this process holds
+                for child in target.iterdir():
+                    if child.name != ".curation.lock":
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(target, ignore_errors=True)
+    before = read_json(record, "delete it, or rerun with restart=true") if record.is_file() else {}
+    changed = [key for key, value in now.items() if key in before and before[key] != value]
+    stale_curation = [key for key in changed if key not in TRAINING_DATA_SETTINGS]
+    if stale_curation:
+        raise Refusal(f"paths.data_root={layout.root} holds outputs of other inputs or settings (changed: "
+                      f"{', '.join(stale_curation)}); rerun with restart=true to clear them and start over, "
+                      "or use another paths.data_root")
+    if any(key in TRAINING_DATA_SETTINGS for key in changed):  # redo tokenizer, token files and plan
+        shutil.rmtree(layout.logs("training_data"), ignore_errors=True)
+    write_json(record, {**before, **now})
