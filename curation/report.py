@@ -34,7 +34,7 @@ from curation.steps.bookkeeping import (
 )
 from curation.steps.priority_dedup import rank_blocks, source_of_rank
 from curation.steps.quality_classifier import classifier_metrics
-from data_contract import DataLayout, sha256_file, write_atomic, write_json, write_manifest
+from data_contract import MANIFEST, DataLayout, sha256_file, write_atomic, write_json, write_manifest
 
 STATS = "stats.json"
 
@@ -106,16 +106,42 @@ def plot_funnel(funnels: dict[str, list[dict[str, Any]]], path: Path) -> None:
             for bar, value in zip(bars, values, strict=False):
                 ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,} ({value / start:.0%})",
                         va="center", fontsize=8)
-            ax.set_xlim(0, max([*values, 1]) * 1.35)
+            # log-like scale: a crawl's HTML characters dwarf what extraction keeps, which must stay readable
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(0, max([*values, 1]) * 30)
             ax.tick_params(labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def totals_table(funnels: dict[str, list[dict[str, Any]]], tokens: dict[str, int | None]) -> list[str]:
+    """Documents, characters and tokens kept per source and overall (tokens once the token files exist)."""
+    def row(name: str, docs: int, chars: int, count: int | None) -> str:
+        return f"| {name} | {docs:,} | {chars:,} | {'-' if count is None else f'{count:,}'} |"
+
+    kept = {name: (steps[-1]["docs_out"], steps[-1]["chars_out"]) for name, steps in funnels.items()}
+    counts = [tokens.get(name) for name in kept]
+    lines = ["| source | documents | characters | tokens |", "|---|---:|---:|---:|"]
+    lines += [row(name, docs, chars, tokens.get(name)) for name, (docs, chars) in kept.items()]
+    overall = None if None in counts else sum(c for c in counts if c is not None)
+    lines.append(row("**all**", sum(d for d, _ in kept.values()), sum(c for _, c in kept.values()), overall))
+    return lines
+
+
+def classifier_line(metrics: dict) -> str:
+    accuracy, baseline = metrics["heldout_accuracy"], metrics.get("heldout_majority_baseline")
+    verdict = ""
+    if baseline is not None:
+        beats = "above" if accuracy > baseline else "NOT above"
+        verdict = f", {beats} the majority-class baseline {baseline:.3f}"
+    return (f"Held-out accuracy {accuracy:.3f}{verdict}; AUC {metrics['heldout_auc']:.3f} "
+            f"(train {metrics['train_examples']}, held out {metrics['heldout_examples']} paragraphs).")
+
+
 def markdown(funnels: dict[str, list[dict[str, Any]]], examples: dict[str, dict[str, list]], clusters: dict[str, float],
-             metrics: dict | None) -> str:
-    lines = ["# Curation report", "", "![funnel](funnel.png)", ""]
+             metrics: dict | None, tokens: dict[str, int | None]) -> str:
+    lines = ["# Curation report", "", "## Kept", "", *totals_table(funnels, tokens), "", "![funnel](funnel.png)", ""]
     for name, steps in funnels.items():
         lines += [f"## {name}", "", "| step | docs in | docs out | kept | chars in | chars out | chars edited | top removal reasons |",
                   "|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -142,8 +168,7 @@ def markdown(funnels: dict[str, list[dict[str, Any]]], examples: dict[str, dict[
         lines.append("")
     lines += ["## Quality classifier", ""]
     if metrics:
-        lines += [f"Held-out accuracy {metrics['heldout_accuracy']:.3f}, AUC {metrics['heldout_auc']:.3f} "
-                  f"(train {metrics['train_examples']}, held out {metrics['heldout_examples']} paragraphs).", ""]
+        lines += [classifier_line(metrics), ""]
     else:
         lines += ["Not trained in this run.", ""]
     return "\n".join(lines)
@@ -159,6 +184,11 @@ def log_to_wandb(cfg: DictConfig, funnels: dict[str, list[dict[str, Any]]], png:
     run.log({"curation/funnel": wandb.Table(columns=columns, data=rows), "curation/funnel_png": wandb.Image(str(png)),
              **({f"curation/quality_{k}": v for k, v in metrics.items() if isinstance(v, float)} if metrics else {})})
     run.finish()
+
+
+def _source_tokens(layout: DataLayout, source: str) -> int | None:
+    manifest = layout.tokens(source) / MANIFEST
+    return json.loads(manifest.read_text())["tokens"] if manifest.is_file() else None
 
 
 def write_report(cfg: DictConfig, sources: list[Source], layout: DataLayout) -> Path:
@@ -191,7 +221,8 @@ def write_report(cfg: DictConfig, sources: list[Source], layout: DataLayout) -> 
     png = layout.report / "funnel.png"
     plot_funnel(funnels, png)
     report = layout.report / "curation.md"
-    write_atomic(report, markdown(funnels, examples, clusters, metrics))
+    tokens = {s.name: _source_tokens(layout, s.name) for s in sources}
+    write_atomic(report, markdown(funnels, examples, clusters, metrics, tokens))
     write_manifest(layout.report, inputs=[str(layout.curated(s.name) / STATS) for s in sources],
                    config=OmegaConf.to_container(cfg.report, resolve=True),
                    counts={name: steps[-1]["docs_out"] for name, steps in funnels.items()},

@@ -37,7 +37,10 @@ class PrepareTrainingData(PipelineStep):
         self.config = OmegaConf.to_container(cfg, resolve=True)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        from curation.executors import layout_of
         from curation.mix import build_mix
+        from curation.report import write_report
+        from curation.sources import selected_sources
         from curation.tokenize import tokenize_sources
         from curation.train_tokenizer import train_tokenizer
 
@@ -45,4 +48,5 @@ class PrepareTrainingData(PipelineStep):
         train_tokenizer(cfg)
         tokenize_sources(cfg)
         logger.info(f"mixture plan: {build_mix(cfg)}")
+        write_report(cfg, selected_sources(cfg), layout_of(cfg))  # again, now with the tokens per source
         return data

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datatrove.data import Document
 from warcio.archiveiterator import ArchiveIterator
@@ -115,8 +116,18 @@ def test_stats_report_and_manifests_add_up(curated: Path) -> None:
     assert all("quality_score" in d["metadata"] and d["metadata"]["url"] for d in read_docs(curated / "curated/commoncrawl"))
     classifier = json.loads((curated / "quality_classifier/manifest.json").read_text())
     assert 0.5 < classifier["counts"]["heldout_auc"] <= 1.0
+    with np.load(curated / "quality_classifier/classifier.npz", allow_pickle=False) as saved:  # no code in data
+        assert saved["coef"].shape == (classifier["config"]["n_features"],)
     report = (curated / "report/curation.md").read_text()
     assert all(f"## {s}" in report for s in SOURCES) and "AUC" in report
+    baseline = classifier["counts"]["heldout_majority_baseline"]
+    assert f"majority-class baseline {baseline:.3f}" in report
+    kept = {s: json.loads((curated / "curated" / s / "stats.json").read_text())["kept"] for s in SOURCES}
+    tokens = {s: json.loads((curated / "tokens" / s / "manifest.json").read_text())["tokens"] for s in SOURCES}
+    for source in SOURCES:  # the totals table, tokens filled in once the token files exist
+        assert f"| {source} | {kept[source]['docs']:,} | {kept[source]['chars']:,} | {tokens[source]:,} |" in report
+    assert (f"| **all** | {sum(k['docs'] for k in kept.values()):,} | {sum(k['chars'] for k in kept.values()):,} | "
+            f"{sum(tokens.values()):,} |") in report
     assert (curated / "report/funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

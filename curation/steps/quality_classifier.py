@@ -8,22 +8,24 @@ and AUC. Every scored document gets `quality_score` and stays when `pareto(alpha
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import pickle
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
+from scipy.special import expit
 
 from curation.steps.readers import StageReader
 from data_contract import MANIFEST, DataLayout, sha256_file, write_atomic, write_manifest
 
-MODEL_FILE = "classifier.pkl"
+MODEL_FILE = "classifier.npz"  # plain arrays (np.load without pickle): a data file cannot run code
 
 
 def paragraphs(text: str, min_chars: int) -> Iterator[str]:
@@ -53,6 +55,13 @@ def keep_by_pareto(score: float, alpha: float, seed: int, doc_id: str) -> bool:
     return bool(np.random.default_rng([seed, _doc_key(doc_id)]).pareto(alpha) > 1.0 - score)
 
 
+def hashed_ngrams(n_features: int, ngram_range: list[int]) -> Any:
+    """The classifier's features: word n-gram counts hashed into `n_features` columns (no vocabulary to store)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(n_features=n_features, ngram_range=tuple(ngram_range), alternate_sign=False)
+
+
 class TrainQualityClassifier(PipelineStep):
     """One-task stage: trains, evaluates and saves the classifier with its manifest."""
 
@@ -78,6 +87,8 @@ class TrainQualityClassifier(PipelineStep):
             found = [(para, is_heldout(doc.id, self.params["heldout_fraction"]))
                      for doc in StageReader(folder).run()
                      for para in paragraphs(doc.text, self.params["min_paragraph_chars"])]
+            if not found:  # a source with no paragraph long enough: it teaches nothing
+                continue
             rng.shuffle(found)
             texts += [p for p, _ in found[:share]]
             heldout += [h for _, h in found[:share]]
@@ -85,7 +96,6 @@ class TrainQualityClassifier(PipelineStep):
         return texts, heldout, weights
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
-        from sklearn.feature_extraction.text import HashingVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.metrics import accuracy_score, roc_auc_score
         from sklearn.pipeline import make_pipeline
@@ -102,23 +112,27 @@ class TrainQualityClassifier(PipelineStep):
         weights = np.array(pos_weights + neg_weights) * len(texts) / 2  # each class weighs half
         if held.all() or not held.any() or len(set(labels[held])) < 2:
             held = np.arange(len(texts)) % 5 == 0  # too few documents to split by document: fall back to paragraphs
-        model = make_pipeline(
-            HashingVectorizer(n_features=self.params["n_features"], ngram_range=tuple(self.params["ngram_range"]),
-                              alternate_sign=False),
-            LogisticRegression(C=self.params["C"], max_iter=1000),
-        )
+        model = make_pipeline(hashed_ngrams(self.params["n_features"], self.params["ngram_range"]),
+                              LogisticRegression(C=self.params["C"], max_iter=1000))
         with self.track_time(unit="model"):
             model.fit(texts[~held], labels[~held], logisticregression__sample_weight=weights[~held])
         scores = model.predict_proba(texts[held])[:, 1]
         metrics = {
             "heldout_accuracy": float(accuracy_score(labels[held], scores > 0.5)),
+            # what always answering the held-out set's commoner class scores: the bar accuracy must clear
+            "heldout_majority_baseline": float(max(labels[held].mean(), 1 - labels[held].mean())),
             "heldout_auc": float(roc_auc_score(labels[held], scores)),
             "train_examples": {"positive": int(labels[~held].sum()), "negative": int((labels[~held] == 0).sum())},
             "heldout_examples": {"positive": int(labels[held].sum()), "negative": int((labels[held] == 0).sum())},
         }
         out = Path(self.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / MODEL_FILE, pickle.dumps(model))
+        regression = model.named_steps["logisticregression"]
+        assert list(regression.classes_) == [0, 1]
+        arrays = io.BytesIO()
+        np.savez(arrays, coef=regression.coef_[0], intercept=regression.intercept_,
+                 n_features=self.params["n_features"], ngram_range=np.array(self.params["ngram_range"]))
+        write_atomic(out / MODEL_FILE, arrays.getvalue())
         for key in ("heldout_accuracy", "heldout_auc"):
             self.stat_update(key, value=metrics[key], unit="model")
         write_manifest(out, inputs={"positives": self.positive_folders, "negatives": self.negative_folders},
@@ -133,15 +147,18 @@ class QualityFilter(BaseFilter):
     def __init__(self, model_path: str, alpha: float, seed: int, exclusion_writer: DiskWriter | None = None):
         super().__init__(exclusion_writer, batch_size=64)
         self.model_path, self.alpha, self.seed = model_path, alpha, seed
-        self._model = None
+        self._model: tuple[Any, np.ndarray, float] | None = None
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         return self.filter_batch([doc])[0]
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
         if self._model is None:
-            self._model = pickle.loads(Path(self.model_path).read_bytes())
-        scores = self._model.predict_proba([doc.text for doc in batch])[:, 1]
+            with np.load(self.model_path, allow_pickle=False) as saved:
+                self._model = (hashed_ngrams(int(saved["n_features"]), saved["ngram_range"].tolist()),
+                               saved["coef"], float(saved["intercept"][0]))
+        features, coef, intercept = self._model
+        scores = expit(features.transform([doc.text for doc in batch]) @ coef + intercept)  # P(positive)
         results: list[bool | tuple[bool, str]] = []
         for doc, score in zip(batch, scores, strict=False):
             doc.metadata["quality_score"] = round(float(score), 6)
