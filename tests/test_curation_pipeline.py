@@ -113,6 +113,8 @@ def test_stats_report_and_manifests_add_up(curated: Path) -> None:
         assert previous_out == len(docs)
     crawl = json.loads((curated / "curated/commoncrawl/stats.json").read_text())
     assert [s["step"] for s in crawl["steps"]][-3:] == ["exact_dedup", "minhash", "quality"]
+    extract = next(s for s in crawl["steps"] if s["step"] == "extract")
+    assert "extract_timeout" not in extract["removed"]  # the default timeout is far above any sample page
     assert all("quality_score" in d["metadata"] and d["metadata"]["url"] for d in read_docs(curated / "curated/commoncrawl"))
     classifier = json.loads((curated / "quality_classifier/manifest.json").read_text())
     assert 0.5 < classifier["counts"]["heldout_auc"] <= 1.0
