@@ -230,7 +230,7 @@ def test_a_rerun_follows_its_inputs(sample_corpus: Path, tmp_path: Path) -> None
     kept_before = read_docs(data_root / "work/webtext2/filtered")
 
     unchanged = _filter_webtext(data_root, sample_corpus)
-    assert unchanged.returncode == 0 and "already been completed" in unchanged.stderr
+    assert unchanged.returncode == 0 and "filter_webtext2: already complete (skipped)" in unchanged.stdout
 
     changed = _filter_webtext(data_root, sample_corpus, f"sources.webtext2.input={subset}/*.txt")
     assert changed.returncode != 0
