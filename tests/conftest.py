@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.commands import REPO
+
 SAMPLE_CORPUS = Path(os.environ.get("GPTPIPE_RAW_ROOT", REPO / "data" / "raw"))
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -10,7 +10,7 @@ import pytest
 import xxhash
 
 from tests.finetune_fixtures import task_data_root
-from train.tasks import heldout_wikipedia
+from train.finetune.task_sets import heldout_wikipedia
 
 
 @pytest.fixture(scope="module")

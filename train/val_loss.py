@@ -1,4 +1,4 @@
-"""Held-out evaluation: loss, perplexity and bits per byte per source, plus a unigram baseline.
+"""Validation loss: loss, perplexity and bits per byte on the held-out tokens of each source, and a unigram baseline.
 
 Bits per UTF-8 byte make runs with different tokenizers comparable: the summed negative
 log-likelihood in bits divided by the bytes the target tokens decode to. Each token's byte length
@@ -21,6 +21,7 @@ from train.data import MixtureData
 
 
 def token_byte_lengths(spm_model: Path, vocab_size: int) -> np.ndarray:
+    """UTF-8 bytes each token id decodes to, the denominator of bits per byte."""
     import sentencepiece as spm
 
     processor = spm.SentencePieceProcessor(model_file=str(spm_model))
@@ -43,7 +44,7 @@ def _all_reduce_sum(values: list[float]) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate(engine: Any, data: MixtureData, token_bytes: np.ndarray, batch_size: int, max_batches: int,
+def val_loss_metrics(engine: Any, data: MixtureData, token_bytes: np.ndarray, batch_size: int, max_batches: int,
              rank: int, world_size: int) -> dict[str, float]:
     """val/loss, val/ppl, val/bpb over all sources and val/<source>/{loss,bpb} (collective)."""
     was_training = engine.module.training
