@@ -245,3 +245,15 @@ def test_refuses_a_mix_built_with_another_tokenizer(tmp_path: Path, data_root: P
     result = launch(1, tmp_path / "run", other, launcher="python", check=False)
     assert result.returncode == 2
     assert "was built with tokenizer" in result.stderr
+
+
+def test_summary_command_reads_a_run_dir(tmp_path: Path) -> None:
+    records = [{"step": 0, "val/unigram_bpb": 5.0}, {"step": 1, "val/loss": 6.0, "val/bpb": 6.5},
+               {"step": 2, "train/loss": 7.0, "train/tokens_seen": 1e6, "train/tokens_per_sec": 900.0,
+                "train/mfu": 0.01}, {"step": 2, "val/loss": 4.0, "val/bpb": 4.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_module("train.summary", f"run_dir={tmp_path}", check=True)
+    assert "val bpb: 6.500 (step 1) -> 4.500 (step 2)" in result.stdout
+    assert "the model is below it" in result.stdout
+    missing = run_module("train.summary", f"run_dir={tmp_path / 'none'}")
+    assert missing.returncode == 1 and "summary: no " in missing.stderr
