@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-# The kernel reduces fp32 with AVX2 (level 1) and bf16/fp16 with AVX512-BW (level 2); see
-# deepspeed/ops/csrc/cpu/comm/shm_interface.cpp, vector_kernel_level().
+# The kernel reduces fp32 with AVX2 (level 1) and bf16/fp16 with AVX512-BW (level 2), as its
+# `vector_kernel_level()` reports.
 _KERNEL_LEVEL_FOR = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 2}
 
 
@@ -120,7 +120,7 @@ def install(backend: Any) -> bool:
 
 
 def _kernel_started() -> bool:
-    """DeepSpeed's own test (shm_interface.cpp, initialize): the kernel runs only when LOCAL_SIZE is the world size;
+    """DeepSpeed's own test when it sets the kernel up: it runs only when LOCAL_SIZE is the world size;
     called without it, it faults."""
     return os.environ.get("LOCAL_SIZE") == str(dist.get_world_size())
 

@@ -166,7 +166,7 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task]) -> 
         log.info("checkpoint %s", path)
 
     stop = StopRequest()
-    stop_at = cfg.train.get("stop_at_step")
+    stop_at = int(cfg.train.stop_at_step) if cfg.train.get("stop_at_step") else None
     engine.train()
     exit_code = 0
     while step < total_steps:

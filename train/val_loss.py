@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from train.data import MixtureData
+from train.distributed import accelerator
 
 
 def token_byte_lengths(spm_model: Path, vocab_size: int) -> np.ndarray:
@@ -37,7 +38,7 @@ def token_byte_lengths(spm_model: Path, vocab_size: int) -> np.ndarray:
 
 
 def _all_reduce_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
+    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator())
     if dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor.tolist()
