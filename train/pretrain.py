@@ -34,6 +34,8 @@ log = logging.getLogger("train")
 
 
 class PretrainTask:
+    """Next-token prediction over the mixture plan; the data order is a function of the step alone."""
+
     def __init__(self, cfg: DictConfig, setup: RunSetup) -> None:
         self.cfg, self.setup = cfg, setup
         self.data = MixtureData(Path(cfg.data.mix_dir), Path(cfg.paths.data_root))
