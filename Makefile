@@ -50,7 +50,7 @@ demo: setup data
 	$(BIN)/deepspeed --num_gpus 2 --module train run_dir=$(DEMO_RUN) $(DEMO_TRAIN)
 	@echo "================ demo summary"
 	@echo "curation report: data/report/curation.md (funnel: data/report/funnel.png)"
-	@$(BIN)/python -m train.summary $(DEMO_RUN)
+	@$(BIN)/python -m train.summary run_dir=$(DEMO_RUN)
 
 # The cluster is started when this machine can (root, or Slurm already there); the `slurm` tests
 # skip without it, and fail without it under CI=true.

@@ -2,9 +2,9 @@
 
 Plain torch, one process, a few seconds: the trainer's own 2-rank runs are covered by test_train.py,
 and a model that knows its text makes zero-shot accuracy a property to check rather than noise.
-The text is the opening MEMORISED_SENTENCES sentences of held-out Wikipedia articles `train.tasks`
-builds its sets from, one document each, starting with EOS as documents do in pretraining (articles
-whose opening does not fit the context are passed over).
+The text is the opening MEMORISED_SENTENCES sentences of held-out Wikipedia articles
+`train.finetune.task_sets` builds its sets from, one document each, starting with EOS as documents
+do in pretraining (articles whose opening does not fit the context are passed over).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from model import GPT, GPTConfig
 from model.loss import next_token_loss
 from model.pretrained import save_pretrained
-from train.tasks import heldout_wikipedia
+from train.finetune.task_sets import heldout_wikipedia
 
 TOKENIZER = "tokenizers/sentencepiece/botchan_en_bpe_1000.model"
 MEMORISED_ARTICLES = 16
@@ -76,8 +76,8 @@ def memoriser(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
 
 
 def task_data_root(tmp_path_factory: pytest.TempPathFactory, corpus: Path) -> Path:
-    """A data root whose tasks/ holds every set `python -m train.tasks build` writes."""
-    from train.tasks import build
+    """A data root whose tasks/ holds every set `python -m train.build_task_sets` writes."""
+    from train.finetune.task_sets import build
 
     root = shared_dir(tmp_path_factory, "task_data")
     if not (root / "tasks" / "zero_shot").is_dir():

@@ -1,4 +1,4 @@
-"""Each rank checks ZeRO-3's two collectives through train.shm_collectives against gloo's own results.
+"""Each rank checks ZeRO-3's two collectives through train.cpu_shm_collectives against gloo's own results.
 
 Run under `torchrun --nproc_per_node 2` by tests/test_train.py; each rank writes `rank<r>.json`.
 """
@@ -22,7 +22,7 @@ def main(out_dir: Path) -> None:
     from deepspeed.comm import comm as ds_comm
 
     rank, world = dist_env.rank, dist_env.world_size
-    installed = ds_comm.cdb.reduce_scatter_tensor.__module__ == "train.shm_collectives"
+    installed = ds_comm.cdb.reduce_scatter_tensor.__module__ == "train.cpu_shm_collectives"
     mismatches = []
     for dtype in (torch.bfloat16, torch.float32):
         for numel in (world * 1000, world * 3_000_001):  # small, and larger than the kernel's buffer

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +13,11 @@ import sentencepiece as spm
 import torch
 
 from model.pretrained import load_pretrained
+from tests.commands import run_module
 from tests.finetune_fixtures import memorised_articles, memoriser
 from tests.train_fixtures import make_data_root
-from train.evaluate import load_items, zero_shot_metrics
-from train.tasks import next_sentence_items, write_jsonl
-
-REPO = Path(__file__).resolve().parents[1]
+from train.finetune.task_sets import next_sentence_items, write_jsonl
+from train.zero_shot import load_items, zero_shot_metrics
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +27,7 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) ->
 
 @pytest.fixture(scope="module")
 def memorised_set(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Path:
-    """Next-sentence items (train.tasks' construction) over exactly the text the memoriser learned."""
+    """Next-sentence items (train.finetune.task_sets' construction) over exactly the text the memoriser learned."""
     path = tmp_path_factory.mktemp("mc") / "memorised_next_sentence.jsonl"
     write_jsonl(path, next_sentence_items(memorised_articles(sample_corpus), random.Random(0)))
     return path
@@ -47,12 +44,11 @@ def test_zero_shot_accuracy_is_far_above_chance_on_exact_continuations(pretraine
 
 
 def test_evaluate_command_prints_the_accuracies(pretrained: Path, memorised_set: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "train.evaluate", f"init={pretrained}", f"tasks=[{memorised_set}]",
-                             "threads=1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_module("train.evaluate", f"init={pretrained}", f"tasks=[{memorised_set}]", "threads=1", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1])["eval/memorised_next_sentence/acc"] >= 0.8
-    missing = subprocess.run([sys.executable, "-m", "train.evaluate", f"init={pretrained.parent / 'nothing'}",
-                              f"tasks=[{memorised_set}]"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    missing = run_module("train.evaluate", f"init={pretrained.parent / 'nothing'}", f"tasks=[{memorised_set}]",
+                         timeout=300)
     assert missing.returncode == 1 and missing.stderr.startswith("evaluate: ") and "no config.json" in missing.stderr
 
 
@@ -78,15 +74,12 @@ def test_in_loop_eval_on_two_zero3_ranks_matches_one_process(tmp_path: Path, sam
                                                              memorised_set: Path) -> None:
     data_root = make_data_root(tmp_path / "data", sample_corpus, seq_len=64)
     run_dir = tmp_path / "run"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(32500 + os.getpid() % 1000), "-m", "train", f"run_dir={run_dir}", f"paths.data_root={data_root}",
-           "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
-           "train.micro_batch_size=4", "train.global_batch_size=8", "train.max_steps=2", "eval.every=2",
-           "eval.max_batches=2", "eval.sample_every=0", "precision=fp32", "wandb.enabled=false",
-           f"eval.tasks=[{memorised_set}]"]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_module("torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(32500 + os.getpid() % 1000),
+               "-m", "train", f"run_dir={run_dir}", f"paths.data_root={data_root}", "model.n_layer=2",
+               "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
+               "train.micro_batch_size=4", "train.global_batch_size=8", "train.max_steps=2", "eval.every=2",
+               "eval.max_batches=2", "eval.sample_every=0", "precision=fp32", "wandb.enabled=false",
+               f"eval.tasks=[{memorised_set}]", env={"OMP_NUM_THREADS": "1"}, check=True)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = next(r for r in records if "eval/memorised_next_sentence/acc" in r)
     assert logged["step"] == 2 and "val/loss" in logged

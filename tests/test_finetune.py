@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +17,9 @@ from model import GPT, GPTConfig
 from model.generate import generate, load_for_generation
 from model.pretrained import load_pretrained
 from model.resize import add_tokens
+from tests.commands import REPO, run_module
 from tests.finetune_fixtures import TOKENIZER, memoriser, task_data_root
-from train.finetune import HEAD_FILE, TASK_FILE, example_order, validate
-from train.heads import TaskModel, objective
-from train.task_data import (
+from train.finetune.examples import (
     IGNORE,
     Example,
     SpecialTokens,
@@ -32,8 +29,9 @@ from train.task_data import (
     encode_example,
     load_examples,
 )
+from train.finetune.heads import TaskModel, objective
+from train.finetune.task import HEAD_FILE, TASK_FILE, example_order, validate
 
-REPO = Path(__file__).resolve().parents[1]
 SPECIAL = SpecialTokens(start=1000, delim=1001, extract=1002)
 
 
@@ -162,13 +160,10 @@ def data_root(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> 
 
 
 def finetune(run_dir: Path, data_root: Path, init: Path, task: str, *overrides: str) -> list[dict]:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(31500 + os.getpid() % 1000), "-m", "train.finetune", f"task={task}", f"init={init}",
-           f"paths.data_root={data_root}", f"run_dir={run_dir}", "train.max_steps=3", "train.micro_batch_size=2",
-           "train.global_batch_size=4", "optim.lr=1e-4", *overrides]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(cmd)}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    run_module("torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(31500 + os.getpid() % 1000),
+               "-m", "train.finetune", f"task={task}", f"init={init}", f"paths.data_root={data_root}",
+               f"run_dir={run_dir}", "train.max_steps=3", "train.micro_batch_size=2", "train.global_batch_size=4",
+               "optim.lr=1e-4", *overrides, env={"OMP_NUM_THREADS": "1"}, check=True)
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import REPO
 from tests.slurm_jobs import job_field, submit, wait_for
 from tests.train_fixtures import make_data_root
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
          "train.micro_batch_size=4", "train.global_batch_size=8", "eval.every=0", "eval.sample_every=0",
          "precision=fp32"]

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.commands import REPO
 from tests.slurm_jobs import submit, wait_for
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slurm

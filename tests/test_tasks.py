@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from tests.commands import run_module
 from tests.finetune_fixtures import task_data_root
-from train.tasks import heldout_wikipedia
+from train.finetune.task_sets import heldout_wikipedia
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +67,11 @@ def test_pair_sets_label_what_they_claim(tasks: Path, sample_corpus: Path) -> No
     assert {p["label"] for p in pairs} == {"continues", "unrelated"}
     for pair in pairs:
         assert (where[pair["hypothesis"]] == pair["source"]) == (pair["label"] == "continues")
+
+
+def test_build_command_writes_the_sets_the_builder_does(tasks: Path, sample_corpus: Path, tmp_path: Path) -> None:
+    result = run_module("train.build_task_sets", f"raw={sample_corpus}", f"out={tmp_path}", check=True)
+    assert f"{tmp_path / 'reuters'}: " in result.stdout
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.jsonl"))
+    assert written == sorted(p.relative_to(tasks) for p in tasks.rglob("*.jsonl"))
+    assert all((tmp_path / p).read_bytes() == (tasks / p).read_bytes() for p in written)

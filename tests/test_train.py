@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from tests.commands import run_command, run_module
 from tests.train_fixtures import make_data_root
 from train.checkpoint import complete_checkpoints, find_resume_checkpoint
-from train.shm_collectives import ranks_share_one_machine
+from train.cpu_shm_collectives import ranks_share_one_machine
+from train.skip_step import LossSpikeGuard, SkipStepAdamW
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL_MODEL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
                "train.micro_batch_size=4", "train.global_batch_size=8", "eval.max_batches=4",
                "eval.sample_tokens=8", "wandb.enabled=true"]
@@ -29,7 +32,6 @@ def data_root(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> 
 
 def launch(ranks: int, run_dir: Path, data_root: Path, *overrides: str, launcher: str = "deepspeed",
            check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     args = [f"run_dir={run_dir}", f"paths.data_root={data_root}", *SMALL_MODEL, *overrides]
     if launcher == "deepspeed":
         cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
@@ -39,10 +41,7 @@ def launch(ranks: int, run_dir: Path, data_root: Path, *overrides: str, launcher
                str(30500 + os.getpid() % 1000), "-m", "train", *args]
     else:
         cmd = [sys.executable, "-m", "train", *args]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+    return run_command(cmd, env={"OMP_NUM_THREADS": "1"}, check=check)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -69,15 +68,62 @@ def test_shared_memory_collectives_need_every_rank_on_this_machine(environ: dict
     assert ranks_share_one_machine(2, environ) is shared
 
 
+def guard(**overrides: float) -> LossSpikeGuard:
+    return LossSpikeGuard(**{"enabled": True, "zscore": 3.0, "window": 4, "min_history": 3, "max_consecutive": 2,
+                             **overrides})
+
+
+def test_spike_guard_skips_outliers_and_non_finite_losses_and_asks_for_a_roll_back() -> None:
+    spikes = guard()
+    verdicts = []
+    for loss in (3.0, 3.1, 2.9, 9.0, 3.0, math.nan, math.inf, 3.05):
+        spikes.observe(torch.tensor(loss, dtype=torch.float64))
+        verdicts.append(spikes.settle())
+    # Under min_history nothing is judged; 9.0 is far above the window; two skips in a row ask to roll back.
+    assert verdicts == [(False, False), (False, False), (False, False), (True, False), (False, False),
+                        (True, False), (True, True), (False, False)]
+    state = spikes.state_dict()
+    assert state == {"history": [3.1, 2.9, 3.0, 3.05], "consecutive": 0, "skipped_total": 3, "rollbacks": 0}
+    restored = guard()
+    restored.load_state_dict({**state, "history": [1.0, *state["history"]]})  # a longer window keeps the newest
+    assert restored.state_dict() == state
+    restored.observe(torch.tensor(50.0, dtype=torch.float64))
+    assert restored.settle() == (True, False)
+
+
+def test_skipped_update_leaves_weights_and_moments_alone_and_others_match_adamw() -> None:
+    torch.manual_seed(0)
+    weights = torch.randn(64)
+    grads = [torch.randn(64) for _ in range(3)]
+
+    def run(optimizer_class: type, skip_second: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        param = torch.nn.Parameter(weights.clone())
+        extra = {"guard": guard(min_history=1)} if optimizer_class is SkipStepAdamW else {}
+        optimizer = optimizer_class([param], lr=0.1, weight_decay=0.1, fused=True, **extra)
+        for k, grad in enumerate(grads):
+            skip = skip_second and k == 1
+            if optimizer_class is SkipStepAdamW:
+                optimizer.guard.observe(torch.tensor(math.nan if skip else 1.0))
+            before = (param.detach().clone(), {key: value.clone() for key, value in optimizer.state[param].items()})
+            param.grad = grad.clone()
+            optimizer.step()
+            if skip:
+                assert torch.equal(param.detach(), before[0])
+                assert all(torch.equal(value, before[1][key]) for key, value in optimizer.state[param].items())
+        return param.detach(), optimizer.state[param]["exp_avg"]
+
+    plain = run(torch.optim.AdamW, skip_second=False)
+    assert all(torch.equal(a, b) for a, b in zip(run(SkipStepAdamW, skip_second=False), plain, strict=True))
+    skipped = run(SkipStepAdamW, skip_second=True)
+    assert not torch.equal(skipped[0], plain[0])
+
+
 @pytest.mark.slow
 def test_shared_memory_collectives_give_gloos_results(tmp_path: Path) -> None:
     """ZeRO-3's reduce-scatter and all-gather through DeepSpeed's shm kernel, bit for bit against gloo; the
     kernel's /dev/shm names are gone once the ranks are up (DeepSpeed alone leaves ~50 MB per rank per run)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(31500 + os.getpid() % 1000), "-m", "tests.shm_collectives_job", str(tmp_path)]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_module("torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(31500 + os.getpid() % 1000),
+               "-m", "tests.shm_collectives_job", str(tmp_path), env={"OMP_NUM_THREADS": "1"}, check=True)
     for rank in range(2):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert report == {"installed": True, "mismatches": [], "leftovers": []}  # no /dev/shm buffer outlives a run
@@ -199,3 +245,15 @@ def test_refuses_a_mix_built_with_another_tokenizer(tmp_path: Path, data_root: P
     result = launch(1, tmp_path / "run", other, launcher="python", check=False)
     assert result.returncode == 2
     assert "was built with tokenizer" in result.stderr
+
+
+def test_summary_command_reads_a_run_dir(tmp_path: Path) -> None:
+    records = [{"step": 0, "val/unigram_bpb": 5.0}, {"step": 1, "val/loss": 6.0, "val/bpb": 6.5},
+               {"step": 2, "train/loss": 7.0, "train/tokens_seen": 1e6, "train/tokens_per_sec": 900.0,
+                "train/mfu": 0.01}, {"step": 2, "val/loss": 4.0, "val/bpb": 4.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_module("train.summary", f"run_dir={tmp_path}", check=True)
+    assert "val bpb: 6.500 (step 1) -> 4.500 (step 2)" in result.stdout
+    assert "the model is below it" in result.stdout
+    missing = run_module("train.summary", f"run_dir={tmp_path / 'none'}")
+    assert missing.returncode == 1 and "summary: no " in missing.stderr

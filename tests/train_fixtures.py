@@ -2,7 +2,7 @@
 
 Two sources cut from the real sample corpus (Austen, Botchan), tokenized with a sentencepiece model
 that ships in the corpus; a plan that alternates the sources over shuffled windows. The trainer
-tests do not depend on the curation code, only on the file contract (DESIGN.md).
+tests do not depend on the curation code, only on the file contract (written by curation/mix.py).
 """
 
 from __future__ import annotations

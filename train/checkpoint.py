@@ -1,16 +1,22 @@
 """Checkpoints that are either complete or invisible.
 
 `<run_dir>/checkpoints/<tag>/` holds the DeepSpeed checkpoint (sharded ZeRO state of every rank),
-`model/` (consolidated weights in the model package's format) and `trainer_state.json`. Everything
-is written under `<tag>.tmp/`, `trainer_state.json` last, then the folder is renamed and only then
-the `latest` pointer replaced, so a job killed at any moment leaves the previous checkpoint in use.
+`model/` (consolidated weights, written by the task: train/pretrain.py, train/finetune/task.py) and
+`trainer_state.json`. Everything is written under `<tag>.tmp/`, `trainer_state.json` last, then the
+folder is renamed and only then the `latest` pointer replaced, so a job killed at any moment leaves
+the previous checkpoint in use.
+
+Also here: every process's RNG state (saved per rank, restored on an exact resume) and the roll-back
+to the last checkpoint after repeated loss spikes (train/skip_step.py).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
@@ -86,15 +93,12 @@ def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 
 def save(engine: Any, checkpoints_dir: Path, step: int, trainer_state: dict[str, Any], keep_last: int,
-         export_model: bool, tokenizer_model: Path | None,
-         export: Callable[[dict[str, torch.Tensor], Path], None] | None = None) -> Path:
+         export: Callable[[dict[str, torch.Tensor], Path], None] | None) -> Path:
     """Write the checkpoint of `step` (collective: every rank calls it).
 
-    `export(weights, folder)` writes the consolidated weights when the module is not a bare GPT
-    (fine-tuning wraps it with a head); by default the module is saved with `save_pretrained`.
+    `export(weights, folder)`, when given, writes the consolidated weights as a loadable model
+    into `<tag>/model/` on rank 0.
     """
-    from model.pretrained import save_pretrained
-
     rank = dist.get_rank() if dist.is_initialized() else 0
     tag = tag_for(step)
     final, tmp = checkpoints_dir / tag, checkpoints_dir / (tag + TMP_SUFFIX)
@@ -103,12 +107,10 @@ def save(engine: Any, checkpoints_dir: Path, step: int, trainer_state: dict[str,
         checkpoints_dir.mkdir(parents=True, exist_ok=True)
     _barrier()
     engine.save_checkpoint(str(checkpoints_dir), tag=tmp.name, save_latest=False)
-    weights = consolidated_state_dict(engine) if export_model else None
+    weights = consolidated_state_dict(engine) if export is not None else None
     if rank == 0:
         if weights is not None and export is not None:
             export(weights, tmp / "model")
-        elif weights is not None:
-            save_pretrained(engine.module, tmp / "model", state_dict=weights, tokenizer=tokenizer_model)
         _write_atomic(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
         if final.exists():  # the same step saved again (e.g. at a signal right after a periodic save)
             shutil.rmtree(final)
@@ -118,6 +120,36 @@ def save(engine: Any, checkpoints_dir: Path, step: int, trainer_state: dict[str,
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy and torch generator states, as JSON."""
+    version, mt_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(mt_state), gauss],
+            "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+            "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Undo `rng_state`: dropout and any other sampling continue as if the job had never stopped."""
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+
+
+def roll_back(engine: Any, checkpoints_dir: Path) -> Path | None:
+    """Load the weights and optimizer state of the newest complete checkpoint into `engine` (collective).
+
+    The data position is not rewound: the trainer carries on after the batches that caused the
+    spikes. None, with the engine untouched, when there is no checkpoint yet.
+    """
+    last = find_resume_checkpoint(checkpoints_dir)
+    if last is not None:
+        engine.load_checkpoint(str(checkpoints_dir), tag=last.name, load_lr_scheduler_states=False)
+    return last
 
 
 def universal_copy(checkpoint: Path) -> Path:

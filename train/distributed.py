@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from train import shm_collectives
+from train import cpu_shm_collectives
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def init_distributed() -> DistEnv:
     """Export the resolved names and start DeepSpeed's process group: NCCL on GPUs, gloo on CPU.
 
     On CPU with every rank on one machine, ZeRO-3's reduce-scatter and all-gather then go through
-    DeepSpeed's shared-memory kernel instead of gloo (train/shm_collectives.py).
+    DeepSpeed's shared-memory kernel instead of gloo (train/cpu_shm_collectives.py). GPUs get
+    plain NCCL.
     """
     dist_env = resolve_env()
     os.environ.update(
@@ -100,7 +101,7 @@ def init_distributed() -> DistEnv:
     on_cpu = not torch.cuda.is_available()
     if on_cpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        if shm_collectives.ranks_share_one_machine(dist_env.world_size):
+        if cpu_shm_collectives.ranks_share_one_machine(dist_env.world_size):
             os.environ.setdefault("LOCAL_SIZE", str(dist_env.world_size))  # starts DeepSpeed's shm kernel
     import deepspeed
     from deepspeed.comm import comm as ds_comm
@@ -109,7 +110,7 @@ def init_distributed() -> DistEnv:
         torch.cuda.set_device(dist_env.local_rank)
     deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl", auto_mpi_discovery=False)
     if on_cpu:
-        shm_collectives.install(ds_comm.cdb)
+        cpu_shm_collectives.install(ds_comm.cdb)
     return dist_env
 
 
@@ -122,13 +123,21 @@ def gather_objects(obj: Any, world_size: int) -> list[Any]:
     return out
 
 
-def mean_across_ranks(value: float) -> float:
-    """The mean of a per-rank number, on every rank (collective), so all ranks take the same decisions."""
-    tensor = torch.tensor([value], dtype=torch.float64)
+def accelerator() -> torch.device:
+    """Where this rank computes, and so where its collectives' tensors live: its GPU under NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The mean of a per-rank tensor, on every rank (collective), so all ranks take the same decisions.
+
+    Stays on the device: nothing waits for the result until someone reads it.
+    """
+    values = values.to(accelerator(), torch.float64, copy=True)  # the caller's tensor is left alone
     if dist.is_initialized():
-        dist.all_reduce(tensor)
-        tensor /= dist.get_world_size()
-    return float(tensor.item())
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
 
 
 def threads_per_rank(cfg: Any, world_size: int) -> int:

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from train.optim import SkippableAdamW, param_groups
+from train.distributed import accelerator
+from train.optim import param_groups
+from train.skip_step import LossSpikeGuard, SkipStepAdamW
 
 
 class ConfigError(ValueError):
@@ -75,26 +77,29 @@ def build_ds_config(cfg: Any, world_size: int, precision: str) -> dict[str, Any]
         "gradient_clipping": cfg.optim.grad_clip,
         "zero_optimization": zero_config,
         "bf16": {"enabled": precision == "bf16"},
-        # The client optimizer (train/optim.py) is torch's AdamW with a skip flag.
+        # The client optimizer (train/skip_step.py) is torch's fused AdamW that can skip a step.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
     }
 
 
-def start_engine(model: nn.Module, cfg: Any, ds_config: dict[str, Any]) -> tuple[Any, SkippableAdamW]:
-    """The DeepSpeed engine over `model` with GPT-3's AdamW groups: what pretraining and fine-tuning share.
+def start_engine(model: nn.Module, cfg: Any, ds_config: dict[str, Any]) -> tuple[Any, SkipStepAdamW]:
+    """The DeepSpeed engine over `model` with GPT-3's AdamW groups, skipping loss spikes when the config
+    has a `spike_guard` section.
 
     Under ZeRO-3 the classes named in `deepspeed.stage3_leaf_modules` are fetched whole: one
     all-gather and one set of hooks per transformer block instead of one per LayerNorm and linear,
-    DeepSpeed's own remedy for finely nested modules (bench/train.py: -9% step time).
+    DeepSpeed's own remedy for finely nested modules.
     """
     import deepspeed
     from deepspeed.utils import set_z3_leaf_modules
 
     if cfg.deepspeed.stage == 3 and cfg.deepspeed.stage3_leaf_modules:
         set_z3_leaf_modules(model, list(cfg.deepspeed.stage3_leaf_modules))
-    optimizer = SkippableAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                               betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    spike = cfg.get("spike_guard")
+    guard = LossSpikeGuard(**spike, device=accelerator()) if spike is not None else None
+    optimizer = SkipStepAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                              betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, guard=guard)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine, optimizer

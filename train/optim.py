@@ -1,35 +1,11 @@
-"""AdamW with GPT-3's parameter groups and a skip switch for the loss-spike guard, and the LR schedules."""
+"""GPT-3's AdamW parameter groups and the learning-rate schedules (the optimizer itself: train/skip_step.py)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import torch
 from torch import nn
-
-
-class SkippableAdamW(torch.optim.AdamW):
-    """AdamW whose next step can be skipped outright: no moment update, no weight decay, no move.
-
-    DeepSpeed calls `step()` at every gradient-accumulation boundary (and zeroes the gradients
-    afterwards); the spike guard sets `skip_next_step` before that boundary when the step's loss
-    is not to be trusted, which leaves parameters and optimizer state exactly as they were.
-
-    Fused by default: one vectorised pass over each of ZeRO's flat fp32 partitions, where torch's
-    CPU default is the op-by-op loop (measured on one thread for a 7M-parameter partition, as each
-    of bench/train.py's two ranks holds: 8.9 ms against 32.6 ms).
-    """
-
-    def __init__(self, *args: Any, fused: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, fused=fused, **kwargs)
-        self.skip_next_step = False
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        if self.skip_next_step:
-            return None
-        return super().step(closure)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from train.distributed import accelerator
+
 # sysexits.h EX_TEMPFAIL: "try again later"; slurm/pretrain.sh requeues the job on it.
 EXIT_REQUEUE = 75
 # Left in the run dir beside that exit code, for launchers that see only their own status.
@@ -20,6 +22,8 @@ REQUEUE_MARKER = "REQUEUE"
 
 
 class StopRequest:
+    """Installs the handlers; `agreed()` after each step says whether to stop there."""
+
     def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)) -> None:
         self.received: int | None = None
         for signum in signals:
@@ -30,7 +34,7 @@ class StopRequest:
 
     def agreed(self) -> bool:
         """True on every rank if any rank got a signal (collective)."""
-        flag = torch.tensor([1 if self.received is not None else 0])
+        flag = torch.tensor([1 if self.received is not None else 0], device=accelerator())
         if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())

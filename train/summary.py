@@ -1,14 +1,20 @@
-"""What a run learned, in a few lines: `python -m train.summary RUN_DIR` (printed at the end of `make demo`)."""
+"""What a run learned, in a few lines: `python -m train.summary run_dir=RUN_DIR` (printed at the end of `make demo`).
+
+Config: conf/summary.yaml.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+import hydra
+from omegaconf import DictConfig
+
 
 def summarize(run_dir: Path) -> str:
+    """Losses, bits per byte against the unigram floor, the last sample and where the run's files are."""
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.is_file():
         raise SystemExit(f"summary: no {metrics_path}; has the run started?")
@@ -42,10 +48,11 @@ def summarize(run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("run_dir", type=Path)
-    print(summarize(parser.parse_args().run_dir))
+@hydra.main(config_path="../conf", config_name="summary", version_base=None)
+def main(cfg: DictConfig) -> None:
+    if cfg.run_dir is None:
+        sys.exit("summary: give run_dir=RUN_DIR")
+    print(summarize(Path(cfg.run_dir)))
     sys.stdout.flush()
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from model import GPT
 from model.loss import next_token_loss
-from train.task_data import IGNORE, Batch
+from train.finetune.examples import IGNORE, Batch
 
 
 class TaskModel(nn.Module):

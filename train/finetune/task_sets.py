@@ -1,7 +1,6 @@
 """Task sets built from the real sample corpus, for fine-tuning and zero-shot evaluation.
 
-    python -m train.tasks build [--raw data/raw] [--out data/tasks] [--wiki-articles 50]
-
+`build(raw, out, wiki_articles, seed)` (the command: `python -m train.build_task_sets`, train/build_task_sets.py)
 writes `OUT/<task>/{train,validation}.jsonl` in the shapes `conf/task/*.yaml` read:
 
   reuters            classification  Reuters-21578 newswire (Debian r-cran-tm): `acq` (acquisitions)
@@ -21,7 +20,7 @@ writes `OUT/<task>/{train,validation}.jsonl` in the shapes `conf/task/*.yaml` re
 and `OUT/zero_shot/wiki_next_sentence.jsonl`: every next-sentence item of both splits, for
 `python -m train.evaluate` and `eval.tasks=[...]` during pretraining.
 
-Held out: the Wikipedia articles are the `--wiki-articles` English extracts with the smallest
+Held out: the Wikipedia articles are the `wiki_articles` English extracts with the smallest
 xxh64 of their title. `curation.tokenize` holds out the documents with the smallest xxh64 of their
 id (the title, for Wikipedia) as the validation slice, `tokenize.val_docs` (50) per source, so with
 the default these articles never enter pretraining: after curation drops some documents, the
@@ -33,7 +32,6 @@ not in the pretraining mixture at all; every fifth file in name order is validat
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -52,6 +50,7 @@ NO_SHARED_TOPIC = "Uncategorized"
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """One JSON object per line, UTF-8 kept as is (the sets are read by people too)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
 
@@ -60,7 +59,7 @@ def reuters_articles(raw: Path) -> list[dict[str, str]]:
     """Every article under RAW/reuters/<topic>/, with its topic from the folder, in name order."""
     folder = raw / "reuters"
     if not (folder / ".complete").is_file():
-        raise SystemExit(f"tasks: no Reuters articles in {folder}; fetch them with "
+        raise SystemExit(f"build_task_sets: no Reuters articles in {folder}; fetch them with "
                          f"`python -m curation.sample_data {raw}`")
     articles = []
     for path in sorted(folder.glob("*/*.xml")):
@@ -78,7 +77,7 @@ def heldout_wikipedia(raw: Path, count: int) -> list[dict[str, Any]]:
     """The `count` English extracts with the smallest xxh64(title), split into sentences."""
     path = raw / "wiki" / "extracts" / "summaries_en-us.json"
     if not path.is_file():
-        raise SystemExit(f"tasks: no {path}; fetch the sample corpus with `python -m curation.sample_data {raw}`")
+        raise SystemExit(f"build_task_sets: no {path}; fetch the sample corpus with `python -m curation.sample_data {raw}`")
     extracts = json.loads(path.read_text(encoding="utf-8"))
     titles = sorted(extracts, key=xxhash.xxh64_intdigest)[:count]
     return [{"title": t, "topic": extracts[t].get("topic") or NO_SHARED_TOPIC,
@@ -87,6 +86,7 @@ def heldout_wikipedia(raw: Path, count: int) -> list[dict[str, Any]]:
 
 
 def next_sentence_items(articles: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """For each sentence after an article's first: the sentences before it, it and distractors from other articles."""
     items = []
     for a, article in enumerate(articles):
         others = [s for b, other in enumerate(articles) if b != a for s in other["sentences"][1:]]
@@ -100,6 +100,7 @@ def next_sentence_items(articles: list[dict[str, Any]], rng: random.Random) -> l
 
 
 def continuation_pairs(articles: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """Premise and either its true next sentence or one of another article, half each."""
     pairs = []
     for a, article in enumerate(articles):
         others = [s for b, other in enumerate(articles) if b != a for s in other["sentences"][1:]]
@@ -112,6 +113,7 @@ def continuation_pairs(articles: list[dict[str, Any]], rng: random.Random) -> li
 
 
 def relatedness_pairs(articles: list[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """Sentence pairs scored by how close their sources are: same article, same topic, or neither."""
     pairs = []
     for a, article in enumerate(articles):
         same_topic = [s for b, o in enumerate(articles) if b != a and o["topic"] == article["topic"] != NO_SHARED_TOPIC
@@ -155,22 +157,3 @@ def build(raw: Path, out: Path, wiki_articles: int, seed: int) -> dict[str, dict
         save("wiki_relatedness", split, relatedness_pairs(chosen, rng))
     save("zero_shot", "wiki_next_sentence", zero_shot)
     return counts
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.tasks", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    build_cmd = sub.add_parser("build", help="write the sample task sets")
-    build_cmd.add_argument("--raw", type=Path, default=Path("data/raw"), help="the sample corpus (paths.raw_root)")
-    build_cmd.add_argument("--out", type=Path, default=Path("data/tasks"), help="where the JSONL sets go")
-    build_cmd.add_argument("--wiki-articles", type=int, default=50,
-                           help="held-out Wikipedia articles (<= tokenize.val_docs keeps them out of pretraining)")
-    build_cmd.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    counts = build(args.raw, args.out, args.wiki_articles, args.seed)
-    for task, splits in counts.items():
-        print(f"{args.out / task}: " + ", ".join(f"{n} {split}" for split, n in splits.items()))
-
-
-if __name__ == "__main__":
-    main()

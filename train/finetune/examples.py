@@ -42,6 +42,8 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True)
 class SpecialTokens:
+    """Ids of GPT-1's start, delimiter and extract tokens, added to the vocabulary by model.resize."""
+
     start: int
     delim: int
     extract: int
@@ -58,6 +60,8 @@ class Example:
 
 @dataclass(frozen=True)
 class Batch:
+    """Examples collated for one forward: every row right-padded to the longest."""
+
     idx: torch.Tensor  # (examples x rows, time) token ids, right-padded
     extract: torch.Tensor  # (examples x rows,) position of <e> in each row
     lm_targets: torch.Tensor  # (examples x rows, time) next token, IGNORE on padding and prompts
@@ -67,6 +71,8 @@ class Batch:
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """A `conf/task/*.yaml`, checked: its kind, the JSONL fields of each role, its labels and prompt templates."""
+
     name: str
     kind: str
     fields: dict[str, list[str]]
@@ -107,8 +113,9 @@ class TaskSpec:
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every non-blank line, or a refusal naming the file and line."""
     if not path.is_file():
-        raise TaskError(f"no task data at {path}; build the sample tasks with `python -m train.tasks build` or "
+        raise TaskError(f"no task data at {path}; build the sample tasks with `python -m train.build_task_sets` or "
                         "point the task's train/validation keys at your JSONL")
     records = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -195,6 +202,7 @@ def encode_example(spec: TaskSpec, record: dict[str, Any], encode: Callable[[str
 
 def load_examples(spec: TaskSpec, path: Path, encode: Callable[[str], list[int]],
                   special: SpecialTokens | None, eos_id: int | None, max_len: int) -> list[Example]:
+    """Every example of a task's JSONL file, laid out for the model."""
     examples = [encode_example(spec, record, encode, special, eos_id, max_len, f"{path}:{line_no}")
                 for line_no, record in read_jsonl(path)]
     widths = {len(example.rows) for example in examples}

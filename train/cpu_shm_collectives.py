@@ -1,13 +1,13 @@
-"""ZeRO-3's gradient reduce-scatter and parameter all-gather over shared memory, when all ranks share one CPU machine.
+"""CPU only: ZeRO-3's gradient reduce-scatter and parameter all-gather over shared memory, when all ranks share one machine.
 
 On CPU, DeepSpeed runs its collectives over gloo, whose loopback TCP is slow for the large flat
-buffers ZeRO-3 moves: for the 13.9M bf16 gradients of bench/train.py's model, with 2 ranks x 1
-thread, gloo's reduce_scatter_tensor takes 48 ms and all_gather_into_tensor 22 ms per call, while
-DeepSpeed's own shared-memory all-reduce kernel (built on CPU for `inference_all_reduce`) sums the
-whole buffer in 11 ms. A reduce-scatter is then that all-reduce followed by taking this rank's
+buffers ZeRO-3 moves, while DeepSpeed's own shared-memory all-reduce kernel (built on CPU for
+`inference_all_reduce`) sums a whole buffer in a fraction of that time (bench/train.py measures
+the trainer with it). A reduce-scatter is then that all-reduce followed by taking this rank's
 chunk, and an all-gather is an all-reduce of a buffer that is zero outside this rank's chunk
 (x + 0 is exact). Everything else, and every case the kernel cannot take (another device, a
 subgroup, a dtype or reduce op it lacks, ranks on several machines), stays on the process group.
+On GPUs none of this is installed: ZeRO-3 uses NCCL as it is (train/distributed.py).
 
 Plugged in the way DeepSpeed plugs its own ROCm SDMA all-gather in: by replacing the two methods on
 its communication backend, so ZeRO-3's code paths are unchanged.
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-# The kernel reduces fp32 with AVX2 (level 1) and bf16/fp16 with AVX512-BW (level 2); see
-# deepspeed/ops/csrc/cpu/comm/shm_interface.cpp, vector_kernel_level().
+# The kernel reduces fp32 with AVX2 (level 1) and bf16/fp16 with AVX512-BW (level 2), as its
+# `vector_kernel_level()` reports.
 _KERNEL_LEVEL_FOR = {torch.float32: 1, torch.bfloat16: 2, torch.float16: 2}
 
 
@@ -50,9 +50,8 @@ def unlink_kernel_buffer() -> None:
     """Remove this rank's shared-memory segment name once every rank has mapped every segment.
 
     DeepSpeed's kernel creates /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank> (~50 MB)
-    and never unlinks it, so each run on a node left its buffers behind until /dev/shm filled (found
-    at 15 GB on this project's test machine). Unlinked, the mappings live on and the memory is freed
-    when the ranks exit, however they exit.
+    and never unlinks it, so each run on a node left its buffers behind until /dev/shm filled.
+    Unlinked, the mappings live on and the memory is freed when the ranks exit, however they exit.
     """
     name = Path("/dev/shm") / "_".join(("deepspeed_allreduce_buffer", str(os.getuid()), os.environ.get("MASTER_ADDR", ""),
                                         os.environ.get("MASTER_PORT", ""), str(dist.get_rank())))
@@ -121,7 +120,7 @@ def install(backend: Any) -> bool:
 
 
 def _kernel_started() -> bool:
-    """DeepSpeed's own test (shm_interface.cpp, initialize): the kernel runs only when LOCAL_SIZE is the world size;
+    """DeepSpeed's own test when it sets the kernel up: it runs only when LOCAL_SIZE is the world size;
     called without it, it faults."""
     return os.environ.get("LOCAL_SIZE") == str(dist.get_world_size())
 

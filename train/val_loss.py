@@ -1,4 +1,4 @@
-"""Held-out evaluation: loss, perplexity and bits per byte per source, plus a unigram baseline.
+"""Validation loss: loss, perplexity and bits per byte on the held-out tokens of each source, and a unigram baseline.
 
 Bits per UTF-8 byte make runs with different tokenizers comparable: the summed negative
 log-likelihood in bits divided by the bytes the target tokens decode to. Each token's byte length
@@ -18,9 +18,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from train.data import MixtureData
+from train.distributed import accelerator
 
 
 def token_byte_lengths(spm_model: Path, vocab_size: int) -> np.ndarray:
+    """UTF-8 bytes each token id decodes to, the denominator of bits per byte."""
     import sentencepiece as spm
 
     processor = spm.SentencePieceProcessor(model_file=str(spm_model))
@@ -36,14 +38,14 @@ def token_byte_lengths(spm_model: Path, vocab_size: int) -> np.ndarray:
 
 
 def _all_reduce_sum(values: list[float]) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
+    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator())
     if dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor.tolist()
 
 
 @torch.no_grad()
-def evaluate(engine: Any, data: MixtureData, token_bytes: np.ndarray, batch_size: int, max_batches: int,
+def val_loss_metrics(engine: Any, data: MixtureData, token_bytes: np.ndarray, batch_size: int, max_batches: int,
              rank: int, world_size: int) -> dict[str, float]:
     """val/loss, val/ppl, val/bpb over all sources and val/<source>/{loss,bpb} (collective)."""
     was_training = engine.module.training

@@ -1,0 +1,136 @@
+"""Pretraining, as the trainer's task: next-token prediction over a mixture plan.
+
+What pretraining adds to the trainer (train/trainer.py): batches of the plan read ahead in a
+background thread (train/data.py), the next-token loss, throughput and MFU, validation loss and
+bits per byte per source (train/val_loss.py) with zero-shot multiple choice (train/zero_shot.py),
+generated samples, and in each checkpoint the data consumed and the hashes of the data and tokenizer
+it was trained on. The command is `python -m train` (train/__main__.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from model import GPT
+from model.flops import flops_per_token
+from model.generate import generate
+from model.loss import next_token_loss
+from model.pretrained import save_pretrained
+from train.data import MixtureData, Prefetcher
+from train.distributed import mean_across_ranks
+from train.ds_config import ConfigError
+from train.metrics import MetricsLogger, default_peak_flops
+from train.preflight import check_run, model_config_for
+from train.trainer import Evaluation, RunSetup
+from train.val_loss import token_byte_lengths, unigram_bpb, val_loss_metrics
+from train.zero_shot import zero_shot_metrics
+
+log = logging.getLogger("train")
+
+
+class PretrainTask:
+    """Next-token prediction over the mixture plan; the data order is a function of the step alone."""
+
+    def __init__(self, cfg: DictConfig, setup: RunSetup) -> None:
+        self.cfg, self.setup = cfg, setup
+        self.data = MixtureData(Path(cfg.data.mix_dir), Path(cfg.paths.data_root))
+        self.data_hashes = check_run(cfg, self.data)
+        model_config = model_config_for(cfg, self.data)
+        self.global_batch, self.seq_len = cfg.train.global_batch_size, cfg.train.seq_len
+        total_steps = len(self.data) // self.global_batch
+        if cfg.train.tokens:
+            total_steps = min(total_steps, int(cfg.train.tokens) // (self.global_batch * self.seq_len))
+        if cfg.train.max_steps:
+            total_steps = min(total_steps, int(cfg.train.max_steps))
+        if total_steps < 1:
+            raise ConfigError(f"the plan in {cfg.data.mix_dir} holds {len(self.data)} samples, fewer than one global "
+                              f"batch (train.global_batch_size={self.global_batch}); build a larger mix or lower the batch")
+        self.total_steps = total_steps
+        self.model = GPT(model_config)
+        self.n_params = self.model.num_params()  # before ZeRO-3 partitions the parameters away
+        self.flops_per_token = flops_per_token(model_config, self.seq_len)
+        self.tokenizer_model = Path(cfg.data.tokenizer_dir) / "spm.model"
+        self.resumed_at = (0, 0)  # (step, tokens seen) of the checkpoint resumed from
+        self.last_wait_s = 0.0
+
+    def describe(self) -> str:
+        return (f"model {self.cfg.run_name}: {self.n_params / 1e6:.2f}M parameters; "
+                f"samples of {self.seq_len} tokens")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["data"] != self.data_hashes:
+            log.warning("resuming with other data or tokenizer than the checkpoint was trained on: %s -> %s",
+                        state["data"], self.data_hashes)
+        self.resumed_at = (state["step"], state["tokens_seen"])
+        log.info("%d samples consumed before the resume", state["samples_consumed"])
+
+    def start(self, step: int, metrics: MetricsLogger, resumed: bool) -> None:
+        import sentencepiece as spm
+
+        self.tokenizer = spm.SentencePieceProcessor(model_file=str(self.tokenizer_model))
+        self.token_bytes = token_byte_lengths(self.tokenizer_model, self.data.vocab_size)
+        # Each rank measures the matmul rate it gets (CPU) before the data thread starts; MFU uses their mean.
+        self.peak_flops = self.cfg.metrics.peak_flops or float(
+            mean_across_ranks(torch.tensor(default_peak_flops(self.setup.precision), dtype=torch.float64)))
+        metrics.log(step, {"sys/peak_flops": self.peak_flops})
+        if self.setup.rank == 0 and not resumed:
+            metrics.log(0, {"val/unigram_bpb": unigram_bpb(self.data, self.token_bytes)})
+        self.prefetcher = Prefetcher(self.data, step, self.global_batch, self.cfg.train.micro_batch_size,
+                                     self.setup.accum, self.setup.rank, self.cfg.data.prefetch_batches)
+
+    def batches(self, step: int) -> list[torch.Tensor]:
+        wait_before = self.prefetcher.wait_s
+        batches = self.prefetcher.get(step)
+        self.last_wait_s = self.prefetcher.wait_s - wait_before
+        return batches
+
+    def loss(self, engine: Any, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": next_token_loss(engine(batch[:, :-1]), batch[:, 1:])}
+
+    def tokens_seen(self, step: int) -> int:
+        resumed_step, resumed_tokens = self.resumed_at
+        return resumed_tokens + (step - resumed_step) * self.global_batch * self.seq_len
+
+    def step_metrics(self, step: int, step_time_s: float) -> dict[str, float]:
+        tokens_per_sec = self.global_batch * self.seq_len / step_time_s
+        return {"train/tokens_per_sec": tokens_per_sec,
+                "train/mfu": self.flops_per_token * tokens_per_sec / (self.peak_flops * self.setup.world_size),
+                "train/tokens_seen": self.tokens_seen(step), "train/samples_seen": step * self.global_batch,
+                "train/data_wait_s": self.last_wait_s}
+
+    def evaluations(self) -> list[Evaluation]:
+        every, sample_every = self.cfg.eval.every, self.cfg.eval.sample_every
+        return [Evaluation(every, bool(every), self.evaluate), Evaluation(sample_every, bool(sample_every), self.sample)]
+
+    def evaluate(self, engine: Any, step: int, metrics: MetricsLogger) -> None:
+        cfg, rank, world_size = self.cfg, self.setup.rank, self.setup.world_size
+        results = val_loss_metrics(engine, self.data, self.token_bytes, cfg.train.micro_batch_size,
+                                   cfg.eval.max_batches, rank, world_size)
+        if cfg.eval.tasks:  # zero-shot multiple choice, e.g. HellaSwag or `python -m train.build_task_sets`'s set
+            results.update(zero_shot_metrics(engine, cfg.eval.tasks, self.tokenizer.encode, self.tokenizer.eos_id(),
+                                             rank, world_size))
+        metrics.log(step, results)
+        if "val/bpb" in results:
+            log.info("step %d: val/loss %.4f val/bpb %.4f", step, results["val/loss"], results["val/bpb"])
+
+    def sample(self, engine: Any, step: int, metrics: MetricsLogger) -> None:
+        # Every rank generates the same tokens in lockstep: ZeRO-3 forwards are collective.
+        prompt = torch.tensor([self.tokenizer.encode(self.cfg.eval.sample_prompt)], dtype=torch.long)
+        ids = generate(engine.module, prompt, self.cfg.eval.sample_tokens, temperature=0.0)
+        metrics.log_text(step, "samples/text", self.tokenizer.decode(ids[0].tolist()))
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        return {"samples_consumed": step * self.global_batch, "tokens_seen": self.tokens_seen(step),
+                "seq_len": self.seq_len, "data": self.data_hashes}
+
+    def export(self, engine: Any, weights: dict[str, torch.Tensor], folder: Path) -> None:
+        save_pretrained(engine.module, folder, state_dict=weights, tokenizer=self.tokenizer_model)
+
+    def close(self) -> None:
+        self.prefetcher.close()
+        log.info("data wait %.3fs in total", self.prefetcher.wait_s)

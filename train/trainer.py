@@ -1,0 +1,237 @@
+"""The trainer: one DeepSpeed ZeRO-3 skeleton for every training stage, read top to bottom.
+
+A stage is a task object (pretraining: train/pretrain.py; fine-tuning: train/finetune/task.py)
+that says only what differs: its model, its batches and loss, its evaluations, the extra state its
+checkpoints carry and what it exports. Everything else is here, once: the process group, the
+engine, resume (through a universal checkpoint when the rank count changed), the step loop with
+gradient accumulation, skipped updates on loss spikes, the checkpoint and evaluation schedule, stop
+signals and metrics. The concerns themselves live in their own small modules (checkpoint,
+skip_step, metrics, signals, distributed, ds_config); this file only puts them in order.
+
+Losses stay on the device through the step: they are averaged across ranks and read on the host
+when a step is logged, never per micro-step. The one per-step read is the spike guard's verdict,
+and only while the guard is on, because a roll-back is a host decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from train import checkpoint
+from train.distributed import gather_objects, init_distributed, mean_across_ranks, threads_per_rank
+from train.ds_config import build_ds_config, grad_accum_steps, resolve_precision, start_engine
+from train.metrics import MetricsLogger, max_rss_gb
+from train.optim import lr_at
+from train.signals import EXIT_REQUEUE, REQUEUE_MARKER, StopRequest
+
+log = logging.getLogger("train")
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What the trainer settles before a task is built: where this process stands and how it computes."""
+
+    rank: int
+    world_size: int
+    precision: str  # bf16 | fp32
+    accum: int  # micro-batches per rank per optimizer step
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Something a task runs every `every` steps (0: never) and, with `at_end`, after the last step."""
+
+    every: int
+    at_end: bool
+    run: Callable[[Any, int, MetricsLogger], None]  # (engine, step, metrics)
+
+    def due(self, step: int, done: bool) -> bool:
+        return bool(self.every and step % self.every == 0) or (done and self.at_end)
+
+
+class Task(Protocol):
+    """What a training stage tells the trainer. Built after `torch.manual_seed(cfg.seed)`."""
+
+    model: nn.Module  # before DeepSpeed wraps it
+    total_steps: int
+
+    def describe(self) -> str:
+        """One line for the start of the log: what is trained on what."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what `state_dict` put into the checkpoint being resumed."""
+        ...
+
+    def start(self, step: int, metrics: MetricsLogger, resumed: bool) -> None:
+        """Last preparations before step `step` (collective): baselines, background data loading."""
+        ...
+
+    def batches(self, step: int) -> Sequence[Any]:
+        """This rank's micro-batches of optimizer step `step` (0-based), as many as grad-accum steps."""
+        ...
+
+    def loss(self, engine: Any, batch: Any) -> dict[str, torch.Tensor]:
+        """`loss` (minimised) and any parts of it, logged as `train/<name>`."""
+        ...
+
+    def step_metrics(self, step: int, step_time_s: float) -> dict[str, float]:
+        """The task's own `train/` metrics of a logged step (throughput, data seen)."""
+        ...
+
+    def evaluations(self) -> list[Evaluation]:
+        ...
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        """What the task adds to `trainer_state.json`."""
+        ...
+
+    def export(self, engine: Any, weights: dict[str, torch.Tensor], folder: Path) -> None:
+        """Write the consolidated `weights` as a model that loads without the trainer."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task]) -> int:
+    """Train the task until its last step or a stop signal; returns the process exit code."""
+    dist_env = init_distributed()
+    rank, world_size = dist_env.rank, dist_env.world_size
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank{rank}] %(message)s")
+    torch.set_num_threads(threads_per_rank(cfg, world_size))
+    global_batch = cfg.train.global_batch_size
+    setup = RunSetup(rank, world_size, resolve_precision(cfg.precision),
+                     grad_accum_steps(global_batch, cfg.train.micro_batch_size, world_size))
+    torch.manual_seed(cfg.seed)
+    task = build_task(cfg, setup)
+    total_steps = task.total_steps
+
+    run_dir = Path(cfg.run_dir)
+    checkpoints_dir = run_dir / "checkpoints"
+    # Decided before deepspeed.initialize: loading a universal checkpoint is a DeepSpeed config flag.
+    resume = checkpoint.plan_resume(checkpoints_dir, cfg.train.resume, world_size)
+    ds_config = build_ds_config(cfg, world_size, setup.precision)
+    if resume is not None and resume.universal:
+        ds_config["checkpoint"] = {"load_universal": True}
+    engine, optimizer = start_engine(task.model, cfg, ds_config)
+    if cfg.train.get("compile"):
+        engine.compile()  # torch.compile (inductor) of the module; ZeRO-3's gather/release hooks stay eager
+    guard = optimizer.guard
+
+    step, wandb_run_id = 0, None
+    if resume is not None:
+        checkpoint.load(engine, resume)
+        state = resume.state
+        step, wandb_run_id = state["step"], state["wandb_run_id"]
+        if guard is not None:
+            guard.load_state_dict(state["spike_guard"])
+        # Another rank count means other ranks' streams; fine-tuning checkpoints of before the shared
+        # trainer carry none.
+        if not resume.universal and "rng" in state:
+            checkpoint.restore_rng(state["rng"][rank])
+        task.load_state_dict(state)
+        log.info("resumed from %s at step %d", resume.checkpoint, step)
+
+    if not checkpoint.start_run(run_dir, cfg, rank, step, total_steps):
+        return 0
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    metrics = MetricsLogger(run_dir, rank == 0, cfg.wandb, resolved, wandb_run_id)  # type: ignore[arg-type]
+    wandb_run_id = gather_objects(metrics.run_id, world_size)[0]
+    log.info("%s; %d steps of %d; grad accum %d; %s; %d ranks", task.describe(), total_steps, global_batch,
+             setup.accum, setup.precision, world_size)
+    task.start(step, metrics, resumed=resume is not None)
+    evaluations = task.evaluations()
+
+    def save_checkpoint() -> None:
+        trainer_state = {"step": step, "world_size": world_size, "global_batch_size": global_batch,
+                         "total_steps": total_steps, "wandb_run_id": wandb_run_id, **task.state_dict(step)}
+        if guard is not None:
+            trainer_state["spike_guard"] = guard.state_dict()
+        trainer_state["rng"] = gather_objects(checkpoint.rng_state(), world_size)
+        export = (lambda weights, folder: task.export(engine, weights, folder)) if cfg.checkpoint.export_model else None
+        path = checkpoint.save(engine, checkpoints_dir, step, trainer_state, cfg.checkpoint.keep_last, export)
+        log.info("checkpoint %s", path)
+
+    stop = StopRequest()
+    stop_at = int(cfg.train.stop_at_step) if cfg.train.get("stop_at_step") else None
+    engine.train()
+    exit_code = 0
+    while step < total_steps:
+        started = time.perf_counter()
+        batches = task.batches(step)
+        lr = lr_at(step, total_steps, cfg)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        sums: dict[str, torch.Tensor] = {}
+        for k, batch in enumerate(batches):
+            parts = task.loss(engine, batch)
+            engine.backward(parts["loss"])
+            for name, value in parts.items():
+                value = value.detach().double()
+                sums[name] = sums[name] + value if name in sums else value
+            if k == setup.accum - 1 and guard is not None and guard.enabled:
+                guard.observe(mean_across_ranks(sums["loss"] / setup.accum))  # judged before the update
+            engine.step()
+        step += 1
+        skipped, roll_back = guard.settle() if guard is not None else (False, False)
+        step_time = time.perf_counter() - started
+
+        if step % cfg.train.log_every == 0 or skipped:
+            names = list(sums)
+            means = mean_across_ranks(torch.stack([sums[name] for name in names]) / setup.accum).tolist()
+            losses = dict(zip(names, means, strict=True))
+            grad_norm = engine.get_global_grad_norm()
+            metrics.log(step, {
+                **{f"train/{name}": value for name, value in losses.items()}, "train/lr": lr,
+                "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "train/step_time_s": step_time, **task.step_metrics(step, step_time),
+                **({"train/skipped_steps": guard.skipped_total} if guard is not None else {}),
+                "sys/max_rss_gb": max_rss_gb(),
+            })
+            if skipped:
+                log.warning("step %d: loss %.4f looks like a spike; update skipped (%d in a row)", step,
+                            losses["loss"], guard.consecutive)
+        if roll_back:
+            last = checkpoint.roll_back(engine, checkpoints_dir)
+            if last is not None:
+                guard.rolled_back()
+                metrics.log(step, {"train/rollbacks": guard.rollbacks})
+                log.warning("rolled back to %s; continuing with the data after step %d", last.name, step)
+
+        done = step == total_steps
+        for evaluation in evaluations:
+            if evaluation.due(step, done):
+                evaluation.run(engine, step, metrics)
+        stopping = stop.agreed() or step == stop_at
+        if done or stopping or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            save_checkpoint()
+        if stopping and not done:
+            log.info("stopping at step %d of %d for a restart (signal %s)", step, total_steps, stop.received)
+            if rank == 0:
+                (run_dir / REQUEUE_MARKER).write_text(f"{step}\n")
+            exit_code = EXIT_REQUEUE
+            break
+
+    task.close()
+    if step:
+        log.info("metrics in %s", metrics.path)
+        if metrics.run_path:
+            log.info("wandb run: %s", metrics.run_path)
+    metrics.finish()
+    if dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    return exit_code
