@@ -19,12 +19,15 @@ import json
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import fsspec
 from omegaconf import DictConfig, OmegaConf
 
-from curation.sources import Source
+from curation.executors import Stage, layout_of, run_stages
+from curation.sources import Source, selected_sources
+from curation.steps.preflight import probe_steps
 from data_contract import DataLayout, Refusal, code_version, read_json, write_json
 
 OUTPUT_FOLDERS = ("work", "curated", "removed", "report", "quality_classifier", "tokenizer", "tokens", "mix")
@@ -75,6 +78,15 @@ def _lock(layout: DataLayout) -> None:
     handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
     handle.flush()
     _held.append(handle)
+
+
+def claim_and_run(cfg: DictConfig, stages_of: Callable[[list[Source], DataLayout], list[Stage]],
+                  with_dedup: bool) -> None:
+    """A stage command: its sources checked and probed, the data root claimed, then its stages run."""
+    sources, layout = selected_sources(cfg), layout_of(cfg)
+    probe_steps(sources)
+    claim(cfg, sources, layout, with_dedup)
+    run_stages(stages_of(sources, layout), cfg.executor)
 
 
 def claim(cfg: DictConfig, sources: list[Source], layout: DataLayout, with_dedup: bool) -> None:

@@ -26,9 +26,9 @@ from datatrove.pipeline.dedup import (
 from datatrove.pipeline.writers import JsonlWriter
 from omegaconf import DictConfig
 
-from curation.data_root_claim import claim
-from curation.executors import Stage, layout_of, run_stages
-from curation.sources import Source, selected_sources
+from curation.data_root_claim import claim_and_run
+from curation.executors import Stage
+from curation.sources import Source
 from curation.steps.bookkeeping import LedgerStep
 from curation.steps.priority_dedup import (
     PriorityMinhashCluster,
@@ -98,9 +98,7 @@ def last_dedup_stage(cfg: DictConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    sources, layout = selected_sources(cfg), layout_of(cfg)
-    claim(cfg, sources, layout, with_dedup=True)
-    run_stages(dedup_stages(cfg, sources, layout, after=()), cfg.executor)
+    claim_and_run(cfg, lambda sources, layout: dedup_stages(cfg, sources, layout, after=()), with_dedup=True)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 from omegaconf import DictConfig
 
-from curation.data_root_claim import claim
-from curation.executors import Stage, layout_of, run_stages
-from curation.sources import Source, selected_sources, write_inputs_list
+from curation.data_root_claim import claim_and_run
+from curation.executors import Stage
+from curation.sources import Source, write_inputs_list
 from curation.steps.error_check import ErrorLossCheck
-from curation.steps.preflight import probe_steps
 from curation.steps.readers import make_reader
 from curation.steps.registry import build_step
 from data_contract import DataLayout
@@ -53,10 +52,7 @@ def filter_stages(sources: list[Source], layout: DataLayout) -> list[Stage]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    sources, layout = selected_sources(cfg), layout_of(cfg)
-    probe_steps(sources)
-    claim(cfg, sources, layout, with_dedup=False)
-    run_stages(filter_stages(sources, layout), cfg.executor)
+    claim_and_run(cfg, filter_stages, with_dedup=False)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers import JsonlWriter
 from omegaconf import DictConfig, OmegaConf
 
-from curation.data_root_claim import claim
-from curation.executors import Stage, layout_of, run_stages
-from curation.sources import Source, selected_sources
+from curation.data_root_claim import claim_and_run
+from curation.executors import Stage
+from curation.sources import Source
 from curation.steps.bookkeeping import LedgerStep
 from curation.steps.quality_classifier import MODEL_FILE, QualityFilter, TrainQualityClassifier
 from curation.steps.readers import StageReader
@@ -55,9 +55,7 @@ def quality_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout, a
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    sources, layout = selected_sources(cfg), layout_of(cfg)
-    claim(cfg, sources, layout, with_dedup=True)
-    run_stages(quality_stages(cfg, sources, layout, after=()), cfg.executor)
+    claim_and_run(cfg, lambda sources, layout: quality_stages(cfg, sources, layout, after=()), with_dedup=True)
 
 
 if __name__ == "__main__":

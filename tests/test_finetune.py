@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from data_contract import Refusal
 from model import GPT, GPTConfig
 from model.generate import generate, load_for_generation
 from model.pretrained import load_pretrained
@@ -23,7 +24,6 @@ from train.finetune.examples import (
     IGNORE,
     Example,
     SpecialTokens,
-    TaskError,
     TaskSpec,
     collate,
     encode_example,
@@ -130,12 +130,12 @@ def test_auxiliary_lm_loss_adds_lambda_times_its_gradient() -> None:
 def test_bad_task_data_is_refused_naming_file_and_line(tmp_path: Path, tokenizer: spm.SentencePieceProcessor) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"text": "a", "label": "acq"}) + "\n" + json.dumps({"text": "b", "label": "earn"}) + "\n")
-    with pytest.raises(TaskError, match=r"train.jsonl:2: label 'earn' is not in task.labels \['acq', 'crude'\]"):
+    with pytest.raises(Refusal, match=r"train.jsonl:2: label 'earn' is not in task.labels \['acq', 'crude'\]"):
         load_examples(spec("reuters"), data, tokenizer.encode, SPECIAL, 2, 64)
     data.write_text(json.dumps({"body": "a", "label": "acq"}) + "\n")
-    with pytest.raises(TaskError, match=r"train.jsonl:1: no field 'text' \(task.fields.text\)"):
+    with pytest.raises(Refusal, match=r"train.jsonl:1: no field 'text' \(task.fields.text\)"):
         load_examples(spec("reuters"), data, tokenizer.encode, SPECIAL, 2, 64)
-    with pytest.raises(TaskError, match=r"task\.labels is missing"):
+    with pytest.raises(Refusal, match=r"task\.labels is missing"):
         TaskSpec.from_cfg(OmegaConf.create({"name": "x", "type": "entailment", "fields": {
             "premise": "p", "hypothesis": "h", "label": "l"}}))
 

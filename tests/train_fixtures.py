@@ -1,25 +1,29 @@
-"""Small real training data for trainer tests, written in the contract format of curation.mix.
+"""Small real training data for trainer tests, written through the data contract (data_contract.py).
 
 Two sources cut from the real sample corpus (Austen, Botchan), tokenized with a sentencepiece model
 that ships in the corpus; a plan that alternates the sources over shuffled windows. The trainer
-tests do not depend on the curation code, only on the file contract (written by curation/mix.py).
+tests do not depend on the curation code, only on the contract's paths, manifests and mixture spec.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from data_contract import (
+    PLAN_SAMPLE,
+    PLAN_SOURCE,
+    TOKENIZER_MODEL,
+    DataLayout,
+    sha256_file,
+    write_atomic,
+    write_manifest,
+    write_mixture_spec,
+)
+
 SOURCES = {"austen": "books/austen/persuasion.txt", "botchan": "books/gutenberg/pg8868_botchan.txt"}
 TOKENIZER = "tokenizers/sentencepiece/botchan_en_bpe_1000.model"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _write_tokens(path: Path, docs: list[list[int]], eos_id: int) -> int:
@@ -36,45 +40,44 @@ def _write_tokens(path: Path, docs: list[list[int]], eos_id: int) -> int:
 def make_data_root(root: Path, corpus: Path, seq_len: int = 64, seed: int = 0, mixture: str = "demo") -> Path:
     import sentencepiece as spm
 
-    (root / "tokenizer").mkdir(parents=True, exist_ok=True)
-    model_path = root / "tokenizer" / "spm.model"
-    shutil.copyfile(corpus / TOKENIZER, model_path)
+    layout = DataLayout(root)
+    model_path = layout.tokenizer_model
+    write_atomic(model_path, (corpus / TOKENIZER).read_bytes())
     processor = spm.SentencePieceProcessor(model_file=str(model_path))
-    tokenizer_sha = _sha256(model_path)
-    (root / "tokenizer" / "manifest.json").write_text(json.dumps({
-        "sha256": tokenizer_sha, "vocab_size": processor.get_piece_size(), "eos_id": processor.eos_id(),
-        "bos_id": processor.bos_id(), "pad_id": processor.pad_id(), "unk_id": processor.unk_id()}))
+    tokenizer_sha = sha256_file(model_path)
+    write_manifest(layout.tokenizer, inputs=[TOKENIZER], config={}, outputs={TOKENIZER_MODEL: tokenizer_sha},
+                   sha256=tokenizer_sha, vocab_size=processor.get_piece_size(), eos_id=processor.eos_id(),
+                   bos_id=processor.bos_id(), pad_id=processor.pad_id(), unk_id=processor.unk_id())
     rng = np.random.default_rng(seed)
     sources, windows = [], []
     for name, relative in SOURCES.items():
         lines = (corpus / relative).read_text(encoding="utf-8-sig").splitlines()
         docs = processor.encode(["\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)])
         n_val = max(len(docs) // 20, 40)
-        train_path = root / "tokens" / name / "00000.ds"
-        val_path = root / "tokens" / name / "val" / "00000.ds"
+        train_path = layout.tokens(name) / "00000.ds"
+        val_path = layout.tokens(name) / "val" / "00000.ds"
         train_tokens = _write_tokens(train_path, docs[n_val:], processor.eos_id())
         val_tokens = _write_tokens(val_path, docs[:n_val], processor.eos_id())
         n_windows = (train_tokens - 1) // seq_len
         windows.append(rng.permutation(n_windows))
         sources.append({
             "name": name, "weight": 0.5, "tokens_available": train_tokens,
-            "token_files": [{"path": str(train_path.relative_to(root)), "tokens": train_tokens,
-                             "sha256": _sha256(train_path)}],
-            "val_files": [{"path": str(val_path.relative_to(root)), "tokens": val_tokens,
-                           "sha256": _sha256(val_path)}]})
+            "token_files": [{"path": layout.relative(train_path), "tokens": train_tokens,
+                             "sha256": sha256_file(train_path)}],
+            "val_files": [{"path": layout.relative(val_path), "tokens": val_tokens, "sha256": sha256_file(val_path)}]})
     per_source = min(len(w) for w in windows)
     plan_source = np.tile(np.arange(len(sources), dtype=np.uint8), per_source)
     plan_sample = np.stack([w[:per_source] for w in windows], axis=1).reshape(-1).astype(np.int64)
-    mix_dir = root / "mix" / mixture
+    mix_dir = layout.mix(mixture)
     mix_dir.mkdir(parents=True, exist_ok=True)
-    np.save(mix_dir / "plan_source.npy", plan_source)
-    np.save(mix_dir / "plan_sample.npy", plan_sample)
+    np.save(mix_dir / PLAN_SOURCE, plan_source)
+    np.save(mix_dir / PLAN_SAMPLE, plan_sample)
     for source in sources:
         source["tokens_planned"] = per_source * seq_len
         source["measured_share"] = 1 / len(sources)
         source["epochs"] = source["tokens_planned"] / source["tokens_available"]
-    (mix_dir / "mixture.json").write_text(json.dumps({
+    write_mixture_spec(mix_dir, {
         "name": mixture, "seq_len": seq_len, "seed": seed, "tokens": len(plan_source) * seq_len,
         "num_samples": len(plan_source), "tokenizer_sha256": tokenizer_sha, "dtype": "uint16",
-        "vocab_size": processor.get_piece_size(), "eos_id": processor.eos_id(), "sources": sources}))
+        "vocab_size": processor.get_piece_size(), "eos_id": processor.eos_id(), "sources": sources})
     return root

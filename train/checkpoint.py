@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import random
 import shutil
 import subprocess
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
+
+from data_contract import replace_folder, write_atomic
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
@@ -70,12 +71,6 @@ def find_resume_checkpoint(checkpoints_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     """Full fp32 weights on rank 0 (None elsewhere); every rank must call it (ZeRO-3 all-gathers)."""
     import deepspeed
@@ -111,11 +106,11 @@ def save(engine: Any, checkpoints_dir: Path, step: int, trainer_state: dict[str,
     if rank == 0:
         if weights is not None and export is not None:
             export(weights, tmp / "model")
-        _write_atomic(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
-        if final.exists():  # the same step saved again (e.g. at a signal right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_atomic(checkpoints_dir / LATEST_FILE, tag + "\n")
+        write_atomic(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
+        # files and folders fsynced before the rename; a checkpoint of the same step saved again (e.g. at
+        # a signal right after a periodic save) is replaced
+        replace_folder(tmp, final)
+        write_atomic(checkpoints_dir / LATEST_FILE, tag + "\n")
         for old in complete_checkpoints(checkpoints_dir)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()

@@ -1,6 +1,6 @@
 """Training and validation samples from a mixture plan (`curation.mix` output), read via memmap.
 
-The contract (written by curation/mix.py): `mix/<name>/plan_source.npy` and `plan_sample.npy`
+The contract (data_contract.py; written by curation/mix.py): `mix/<name>/plan_source.npy` and `plan_sample.npy`
 give, for plan position p, a source index and a window index w; window w of a source is tokens
 [w*L, w*L + L + 1) of the concatenation of its train token files, in `mixture.json` order.
 Global batch i is plan positions [i*B, (i+1)*B); rank r reads its contiguous slice of it, so the
@@ -9,8 +9,6 @@ order of training is a pure function of the plan and resuming needs only the ste
 
 from __future__ import annotations
 
-import hashlib
-import json
 import queue
 import threading
 import time
@@ -20,17 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class DataError(ValueError):
-    """Missing or inconsistent data artifacts; the message names the file and the fix."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from data_contract import PLAN_SAMPLE, PLAN_SOURCE, Refusal, read_mixture_spec
 
 
 class TokenStream:
@@ -40,9 +28,9 @@ class TokenStream:
         self.arrays = []
         for path in paths:
             if not path.exists():
-                raise DataError(f"token file {path} is missing; rerun `python -m curation.tokenize`")
+                raise Refusal(f"token file {path} is missing; rerun `python -m curation.tokenize`")
             if path.stat().st_size % dtype.itemsize:
-                raise DataError(f"token file {path} is {path.stat().st_size} bytes, not a multiple of "
+                raise Refusal(f"token file {path} is {path.stat().st_size} bytes, not a multiple of "
                                 f"{dtype} ({dtype.itemsize} bytes): truncated or wrong dtype; re-tokenize")
             self.arrays.append(np.memmap(path, dtype=dtype, mode="r"))
         self.ends = np.cumsum([len(a) for a in self.arrays], dtype=np.int64)
@@ -75,19 +63,15 @@ class MixtureData:
     """The plan of one mixture and its sources' token streams."""
 
     def __init__(self, mix_dir: Path, data_root: Path) -> None:
-        spec_path = mix_dir / "mixture.json"
-        if not spec_path.exists():
-            raise DataError(f"no mixture plan at {spec_path}; build it with "
-                            f"`python -m curation.mix mixture={mix_dir.name}`")
-        self.spec = json.loads(spec_path.read_text())
+        self.spec = read_mixture_spec(mix_dir)
         self.seq_len = int(self.spec["seq_len"])
         self.vocab_size = int(self.spec["vocab_size"])
         self.eos_id = int(self.spec["eos_id"])
         dtype = np.dtype(self.spec["dtype"]).newbyteorder("<")
-        self.plan_source = np.load(mix_dir / "plan_source.npy", mmap_mode="r")
-        self.plan_sample = np.load(mix_dir / "plan_sample.npy", mmap_mode="r")
+        self.plan_source = np.load(mix_dir / PLAN_SOURCE, mmap_mode="r")
+        self.plan_sample = np.load(mix_dir / PLAN_SAMPLE, mmap_mode="r")
         if len(self.plan_source) != len(self.plan_sample):
-            raise DataError(f"{mix_dir}: plan_source.npy and plan_sample.npy differ in length; rebuild the mix")
+            raise Refusal(f"{mix_dir}: plan_source.npy and plan_sample.npy differ in length; rebuild the mix")
         self.sources = []
         for source in self.spec["sources"]:
             train = TokenStream([data_root / f["path"] for f in source["token_files"]], dtype)

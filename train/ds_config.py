@@ -8,22 +8,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from data_contract import Refusal
 from train.distributed import accelerator
 from train.optim import param_groups
 from train.skip_step import LossSpikeGuard, SkipStepAdamW
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work; the message names the key and the fix, on one line."""
 
 
 def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
     """global_batch = micro_batch x grad_accum x world_size, or a one-line refusal."""
     per_step = micro_batch * world_size
     if global_batch < 1 or micro_batch < 1:
-        raise ConfigError(f"train.global_batch_size={global_batch} and train.micro_batch_size={micro_batch} must be >= 1")
+        raise Refusal(f"train.global_batch_size={global_batch} and train.micro_batch_size={micro_batch} must be >= 1")
     if global_batch % per_step:
-        raise ConfigError(
+        raise Refusal(
             f"train.global_batch_size={global_batch} is not a multiple of train.micro_batch_size={micro_batch} x "
             f"{world_size} ranks = {per_step}; pick a global batch that is, or another micro batch"
         )
@@ -41,7 +38,7 @@ def cpu_has_bf16() -> bool:
 
 def resolve_precision(setting: str) -> str:
     if setting not in {"auto", "bf16", "fp32"}:
-        raise ConfigError(f"precision={setting!r} is not one of auto, bf16, fp32")
+        raise Refusal(f"precision={setting!r} is not one of auto, bf16, fp32")
     if setting != "auto":
         return setting
     if torch.cuda.is_available():
@@ -52,7 +49,7 @@ def resolve_precision(setting: str) -> str:
 def build_ds_config(cfg: Any, world_size: int, precision: str) -> dict[str, Any]:
     zero = cfg.deepspeed
     if zero.stage not in (0, 1, 2, 3):
-        raise ConfigError(f"deepspeed.stage={zero.stage} must be 0, 1, 2 or 3")
+        raise Refusal(f"deepspeed.stage={zero.stage} must be 0, 1, 2 or 3")
     accum = grad_accum_steps(cfg.train.global_batch_size, cfg.train.micro_batch_size, world_size)
     zero_config: dict[str, Any] = {
         "stage": zero.stage,
@@ -67,7 +64,7 @@ def build_ds_config(cfg: Any, world_size: int, precision: str) -> dict[str, Any]
     for part in ("optimizer", "param"):
         device = zero[f"offload_{part}"]
         if device not in ("none", "cpu"):
-            raise ConfigError(f"deepspeed.offload_{part}={device!r} must be none or cpu")
+            raise Refusal(f"deepspeed.offload_{part}={device!r} must be none or cpu")
         if device == "cpu":
             zero_config[f"offload_{part}"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     return {

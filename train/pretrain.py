@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from data_contract import TOKENIZER_MODEL, Refusal
 from model import GPT
 from model.flops import flops_per_token
 from model.generate import generate
@@ -23,7 +24,6 @@ from model.loss import next_token_loss
 from model.pretrained import save_pretrained
 from train.data import MixtureData, Prefetcher
 from train.distributed import mean_across_ranks
-from train.ds_config import ConfigError
 from train.metrics import MetricsLogger, default_peak_flops
 from train.preflight import check_run, model_config_for
 from train.trainer import Evaluation, RunSetup
@@ -48,13 +48,13 @@ class PretrainTask:
         if cfg.train.max_steps:
             total_steps = min(total_steps, int(cfg.train.max_steps))
         if total_steps < 1:
-            raise ConfigError(f"the plan in {cfg.data.mix_dir} holds {len(self.data)} samples, fewer than one global "
+            raise Refusal(f"the plan in {cfg.data.mix_dir} holds {len(self.data)} samples, fewer than one global "
                               f"batch (train.global_batch_size={self.global_batch}); build a larger mix or lower the batch")
         self.total_steps = total_steps
         self.model = GPT(model_config)
         self.n_params = self.model.num_params()  # before ZeRO-3 partitions the parameters away
         self.flops_per_token = flops_per_token(model_config, self.seq_len)
-        self.tokenizer_model = Path(cfg.data.tokenizer_dir) / "spm.model"
+        self.tokenizer_model = Path(cfg.data.tokenizer_dir) / TOKENIZER_MODEL
         self.resumed_at = (0, 0)  # (step, tokens seen) of the checkpoint resumed from
         self.last_wait_s = 0.0
 

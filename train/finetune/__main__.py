@@ -8,23 +8,10 @@ conf/finetune.yaml and a task from conf/task/. A refusal is one line on stderr a
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
 from train.distributed import strip_launcher_args
-
-
-@hydra.main(config_path="../../conf", config_name="finetune", version_base=None)
-def main(cfg: DictConfig) -> None:
-    from train import trainer
-    from train.ds_config import ConfigError
-    from train.finetune.examples import TaskError
-    from train.finetune.task import FinetuneTask
-    from train.preflight import exit_after
-
-    exit_after("finetune", lambda: trainer.run(cfg, FinetuneTask), (ConfigError, TaskError))
-
+from train.finetune.task import FinetuneTask
+from train.preflight import training_command
 
 if __name__ == "__main__":
     strip_launcher_args()
-    main()
+    training_command("finetune", "finetune", FinetuneTask)()

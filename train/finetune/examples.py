@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from data_contract import Refusal
+
 IGNORE = -100
 KINDS = ("classification", "entailment", "similarity", "multiple_choice", "instruction")
 ROLES = {
@@ -34,10 +36,6 @@ ROLES = {
     "multiple_choice": ("context", "choices", "label"),
     "instruction": ("instruction", "input", "response"),
 }
-
-
-class TaskError(ValueError):
-    """Bad task config or data; the message names the key or file:line and the fix."""
 
 
 @dataclass(frozen=True)
@@ -84,17 +82,17 @@ class TaskSpec:
     def from_cfg(cls, task: Any) -> TaskSpec:
         kind = task.type
         if kind not in KINDS:
-            raise TaskError(f"task.type={kind!r} is not one of {', '.join(KINDS)}")
+            raise Refusal(f"task.type={kind!r} is not one of {', '.join(KINDS)}")
         fields = {}
         for role in ROLES[kind]:
             names = task.fields.get(role) if task.get("fields") else None
             if names is None:
-                raise TaskError(f"task.fields.{role} is missing: name the JSONL field that holds the {role} "
+                raise Refusal(f"task.fields.{role} is missing: name the JSONL field that holds the {role} "
                                 f"of a {kind} example (task {task.name})")
             fields[role] = [names] if isinstance(names, str) else list(names)
         labels = [str(label) for label in task.labels] if task.get("labels") else None
         if kind in ("classification", "entailment") and not labels:
-            raise TaskError(f"task.labels is missing for {kind} task {task.name}: list the label values, "
+            raise Refusal(f"task.labels is missing for {kind} task {task.name}: list the label values, "
                             "e.g. labels: [entailment, neutral, contradiction]")
         return cls(task.name, kind, fields, labels, task.get("prompt_template") or "",
                    task.get("prompt_template_no_input") or "")
@@ -115,7 +113,7 @@ class TaskSpec:
 def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) of every non-blank line, or a refusal naming the file and line."""
     if not path.is_file():
-        raise TaskError(f"no task data at {path}; build the sample tasks with `python -m train.build_task_sets` or "
+        raise Refusal(f"no task data at {path}; build the sample tasks with `python -m train.build_task_sets` or "
                         "point the task's train/validation keys at your JSONL")
     records = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -124,9 +122,9 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             records.append((line_no, json.loads(line)))
         except json.JSONDecodeError as bad:
-            raise TaskError(f"{path}:{line_no}: not JSON ({bad.msg}); one JSON object per line") from None
+            raise Refusal(f"{path}:{line_no}: not JSON ({bad.msg}); one JSON object per line") from None
     if not records:
-        raise TaskError(f"{path} holds no examples")
+        raise Refusal(f"{path} holds no examples")
     return records
 
 
@@ -134,7 +132,7 @@ def _role(spec: TaskSpec, record: dict[str, Any], role: str, where: str) -> Any:
     names = spec.fields[role]
     missing = [name for name in names if name not in record]
     if missing:
-        raise TaskError(f"{where}: no field {missing[0]!r} (task.fields.{role}); fields present: "
+        raise Refusal(f"{where}: no field {missing[0]!r} (task.fields.{role}); fields present: "
                         f"{', '.join(record)}")
     values = [record[name] for name in names]
     return values[0] if len(values) == 1 else " ".join(str(v) for v in values)
@@ -143,12 +141,12 @@ def _role(spec: TaskSpec, record: dict[str, Any], role: str, where: str) -> Any:
 def _label_index(spec: TaskSpec, value: Any, where: str, count: int | None = None) -> int:
     if spec.labels is not None:
         if str(value) not in spec.labels:
-            raise TaskError(f"{where}: label {value!r} is not in task.labels {spec.labels}")
+            raise Refusal(f"{where}: label {value!r} is not in task.labels {spec.labels}")
         return spec.labels.index(str(value))
     if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
-        raise TaskError(f"{where}: label {value!r} must be an answer index (or set task.labels to map it)")
+        raise Refusal(f"{where}: label {value!r} must be an answer index (or set task.labels to map it)")
     if count is not None and not 0 <= int(value) < count:
-        raise TaskError(f"{where}: label {value} is out of range for {count} choices")
+        raise Refusal(f"{where}: label {value} is out of range for {count} choices")
     return int(value)
 
 
@@ -187,11 +185,11 @@ def encode_example(spec: TaskSpec, record: dict[str, Any], encode: Callable[[str
         a, b = _fit(a, b, max_len - 3)
         score = _role(spec, record, "score", where)
         if isinstance(score, bool) or not isinstance(score, int | float):
-            raise TaskError(f"{where}: score {score!r} must be a number")
+            raise Refusal(f"{where}: score {score!r} must be a number")
         return Example([[s, *a, d, *b, e], [s, *b, d, *a, e]], float(score))
     choices = _role(spec, record, "choices", where)
     if not isinstance(choices, list) or len(choices) < 2:
-        raise TaskError(f"{where}: {spec.fields['choices'][0]!r} must be a list of at least two answers")
+        raise Refusal(f"{where}: {spec.fields['choices'][0]!r} must be a list of at least two answers")
     context = encode(str(_role(spec, record, "context", where)))
     rows = []
     for choice in choices:
@@ -207,7 +205,7 @@ def load_examples(spec: TaskSpec, path: Path, encode: Callable[[str], list[int]]
                 for line_no, record in read_jsonl(path)]
     widths = {len(example.rows) for example in examples}
     if len(widths) > 1:
-        raise TaskError(f"{path}: examples have {sorted(widths)} choices; every example of a task needs the same "
+        raise Refusal(f"{path}: examples have {sorted(widths)} choices; every example of a task needs the same "
                         "number (batches stack them)")
     return examples
 

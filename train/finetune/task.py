@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from data_contract import Refusal
 from model.pretrained import TOKENIZER_FILE, load_pretrained, resolve_model_dir, save_pretrained
 from model.resize import add_tokens
 from train.distributed import gather_objects
@@ -31,7 +32,6 @@ from train.finetune.examples import (
     Batch,
     Example,
     SpecialTokens,
-    TaskError,
     TaskSpec,
     collate,
     load_examples,
@@ -106,14 +106,14 @@ class FinetuneTask:
         self.cfg, self.setup = cfg, setup
         self.spec = spec = TaskSpec.from_cfg(cfg.task)
         if cfg.init is None:
-            raise TaskError("init=PATH is required: the pretraining run dir, checkpoint dir or saved-model dir")
+            raise Refusal("init=PATH is required: the pretraining run dir, checkpoint dir or saved-model dir")
         try:
             self.model_dir = resolve_model_dir(cfg.init)
         except ValueError as bad:
-            raise TaskError(f"init={cfg.init}: {bad}") from None
+            raise Refusal(f"init={cfg.init}: {bad}") from None
         self.tokenizer_path = self.model_dir / TOKENIZER_FILE
         if not self.tokenizer_path.is_file():
-            raise TaskError(f"init={cfg.init}: no {TOKENIZER_FILE} in {self.model_dir}; the model's sentencepiece "
+            raise Refusal(f"init={cfg.init}: no {TOKENIZER_FILE} in {self.model_dir}; the model's sentencepiece "
                             "model must sit beside it (the trainer's checkpoints export it there)")
         tokenizer = spm.SentencePieceProcessor(model_file=str(self.tokenizer_path))
         eos_id = tokenizer.eos_id() if tokenizer.eos_id() >= 0 else None
