@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA_RAW ?= data/raw
 PYTEST_ARGS ?=
 DEMO_RUN ?= runs/tiny-demo
-# A few minutes of tiny-model training on 2 CPU ranks (about 9k tokens/s here).
+# Tiny-model training on 2 CPU ranks; its speed depends on the CPU (bench/train.py measures it).
 DEMO_TRAIN ?= model=tiny mixture=demo train.max_steps=400 eval.every=50 eval.sample_every=100 checkpoint.every=100
 STAMP := $(VENV)/.installed
 

@@ -22,7 +22,7 @@ and `OUT/zero_shot/wiki_next_sentence.jsonl`: every next-sentence item of both s
 
 Held out: the Wikipedia articles are the `wiki_articles` English extracts with the smallest
 xxh64 of their title. `curation.tokenize` holds out the documents with the smallest xxh64 of their
-id (the title, for Wikipedia) as the validation slice, `tokenize.val_docs` (50) per source, so with
+id (the title, for Wikipedia) as the validation slice, `token_files.val_docs` (50) per source, so with
 the default these articles never enter pretraining: after curation drops some documents, the
 smallest 50 survivors still include every survivor of this set. Articles, not sentences, are split
 between train and validation (every fifth in hash order is validation), and distractors and partners
