@@ -15,11 +15,13 @@ from data_contract import MANIFEST, MIXTURE_SPEC, TOKENIZER_MODEL, Refusal, sha2
 from model import GPTConfig
 from train.data import MixtureData
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 
 def training_command(name: str, config_name: str, build_task: Callable[..., Any]) -> Callable[[], None]:
     """The Hydra entry point of a training stage: the trainer runs `build_task`'s task with the config
     `conf/<config_name>.yaml`; a refusal is one `<name>: ...` line on stderr and exit code 2."""
-    @hydra.main(config_path="../conf", config_name=config_name, version_base=None)
+    @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base=None)
     def main(cfg: DictConfig) -> None:
         from train import trainer
 
