@@ -37,7 +37,7 @@ lock: setup
 	  $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check | grep -v -i '^torch=='; } > constraints.txt
 
 data: setup
-	$(BIN)/python -m curation.sample_data $(DATA_RAW)
+	$(BIN)/python -m curation.sample_data dest=$(DATA_RAW)
 	$(BIN)/python -m curation.assets
 
 cluster:

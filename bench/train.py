@@ -54,7 +54,7 @@ def data_root(scratch: Path) -> tuple[Path, str]:
     corpus = REPO / "data" / "raw"
     if not (corpus / "books" / "austen").is_dir():
         sys.exit(f"bench.train: no demo mixture in {demo}/mix/demo and no sample corpus in {corpus}; "
-                 "run `make data` (or `python -m curation.sample_data data/raw`) first")
+                 "run `make data` (or `python -m curation.sample_data dest=data/raw`) first")
     from tests.train_fixtures import make_data_root
 
     return make_data_root(scratch / "data", corpus, seq_len=256), "tests.train_fixtures on data/raw"

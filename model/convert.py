@@ -10,11 +10,15 @@ exports the sentencepiece model saved beside the weights unless `tokenizer` name
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
+from model.generate import NO_OUTPUT_FILES, QUIET_COMMAND_DEFAULTS
 from model.hf import load_hf_gpt2, save_hf_gpt2
 from model.pretrained import TOKENIZER_FILE, load_pretrained, resolve_model_dir, save_pretrained
 
@@ -34,7 +38,22 @@ def convert(direction: str, src: str | Path, dst: str | Path, tokenizer: str | P
     save_hf_gpt2(load_pretrained(model_dir), dst, tokenizer=tokenizer)
 
 
-@hydra.main(config_path="../conf", config_name="convert", version_base=None)
+@dataclass
+class ConvertCommand:
+    """`python -m model.convert direction=from_hf|to_hf src=PATH dst=PATH [tokenizer=spm.model]`"""
+
+    defaults: list[Any] = field(default_factory=lambda: list(QUIET_COMMAND_DEFAULTS))
+    hydra: Any = field(default_factory=lambda: dict(NO_OUTPUT_FILES))
+    direction: str | None = None  # required: from_hf (HF GPT-2 dir -> saved model) or to_hf (the reverse)
+    src: str | None = None  # required: from_hf: an HF GPT-2 dir; to_hf: a run, checkpoint or saved-model dir
+    dst: str | None = None  # required: the folder to write
+    tokenizer: str | None = None  # to_hf: sentencepiece .model to export; default: the one beside the weights
+
+
+ConfigStore.instance().store(name="convert", node=ConvertCommand)
+
+
+@hydra.main(config_path=None, config_name="convert", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
         for key in ("direction", "src", "dst"):

@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from model.gpt import GPT
 from model.hf import HF_CONFIG_FILE, load_hf_gpt2
 from model.pretrained import TOKENIZER_FILE, load_pretrained, resolve_model_dir
 from model.tokenizer import TextTokenizer, load_tokenizer
+
+# The settings of a command that writes no Hydra logs or output folders: it prints, or writes only `dst`.
+QUIET_COMMAND_DEFAULTS = ("_self_", {"override hydra/job_logging": "disabled"},
+                          {"override hydra/hydra_logging": "disabled"})
+NO_OUTPUT_FILES = {"output_subdir": None, "run": {"dir": "."}}
 
 
 def sample_next(
@@ -123,7 +131,28 @@ def load_for_generation(
     return model, load_tokenizer(tokenizer)
 
 
-@hydra.main(config_path="../conf", config_name="generate", version_base=None)
+@dataclass
+class GenerateCommand:
+    """`python -m model.generate checkpoint=RUN_OR_MODEL_DIR prompt='"Once upon a time,"' [key=value ...]`"""
+
+    defaults: list[Any] = field(default_factory=lambda: list(QUIET_COMMAND_DEFAULTS))
+    hydra: Any = field(default_factory=lambda: dict(NO_OUTPUT_FILES))
+    checkpoint: str | None = None  # required: run dir, checkpoint dir, saved-model dir, or HF GPT-2 dir
+    tokenizer: str | None = None  # sentencepiece .model or tokenizer.json; default: the one saved with the model
+    prompt: str = ""  # empty: start a new document (from EOS)
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy
+    top_k: int | None = 200  # null = no cut
+    top_p: float | None = None  # nucleus cut, e.g. 0.95
+    seed: int = 1337
+    num_samples: int = 1
+    device: str = "cpu"
+
+
+ConfigStore.instance().store(name="generate", node=GenerateCommand)
+
+
+@hydra.main(config_path=None, config_name="generate", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
         if cfg.checkpoint is None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# the real sample corpus `make data` fetches (python -m curation.sample_data data/raw)
+# the real sample corpus `make data` fetches (python -m curation.sample_data dest=data/raw)
 SAMPLE_CORPUS = Path(os.environ.get("GPTPIPE_RAW_ROOT", REPO / "data" / "raw"))
 TEST_ENV = {"DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 

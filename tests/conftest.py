@@ -47,7 +47,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(scope="session")
 def sample_corpus() -> Path:
-    """The real sample corpus fetched by `make data` (python -m curation.sample_data data/raw)."""
+    """The real sample corpus fetched by `make data` (python -m curation.sample_data dest=data/raw)."""
     _require((SAMPLE_CORPUS / ".complete").exists(),
              f"sample corpus missing at {SAMPLE_CORPUS}: run `make data`")
     return SAMPLE_CORPUS
