@@ -13,20 +13,18 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from curation.data_root_claim import claim
+from curation.data_root_claim import claim_and_run
 from curation.dedup import dedup_stages, last_dedup_stage
-from curation.executors import Stage, layout_of, run_stages
+from curation.executors import Stage, layout_of
 from curation.filter import filter_stages
 from curation.quality import quality_stages
 from curation.report import CurationReport
-from curation.sources import selected_sources
-from curation.steps.preflight import probe_steps
+from curation.sources import Source
 from curation.training_data import PrepareTrainingData, probe_tokenizer_libraries
+from data_contract import DataLayout
 
 
-def curation_stages(cfg: DictConfig) -> list[Stage]:
-    sources = selected_sources(cfg)
-    layout = layout_of(cfg)
+def curation_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout) -> list[Stage]:
     stages = filter_stages(sources, layout)
     stages += dedup_stages(cfg, sources, layout, after=tuple(s.name for s in stages))
     quality = quality_stages(cfg, sources, layout, after=(last_dedup_stage(cfg),))
@@ -37,6 +35,7 @@ def curation_stages(cfg: DictConfig) -> list[Stage]:
     if prepare == "auto":
         prepare = cfg.only is None and cfg.get("mixture") is not None
     if prepare:
+        probe_tokenizer_libraries()
         stages.append(Stage("training_data", [PrepareTrainingData(cfg)], 1, layout.logs("training_data"),
                             after=("report",)))
     return stages
@@ -44,13 +43,7 @@ def curation_stages(cfg: DictConfig) -> list[Stage]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")
 def main(cfg: DictConfig) -> None:
-    sources = selected_sources(cfg)
-    probe_steps(sources)
-    claim(cfg, sources, layout_of(cfg), with_dedup=True)
-    stages = curation_stages(cfg)
-    if any(stage.name == "training_data" for stage in stages):
-        probe_tokenizer_libraries()
-    run_stages(stages, cfg.executor)
+    claim_and_run(cfg, lambda sources, layout: curation_stages(cfg, sources, layout), with_dedup=True)
     if cfg.executor.kind == "local":
         print(f"curation report: {layout_of(cfg).report / 'curation.md'}")
 
