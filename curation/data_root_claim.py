@@ -13,14 +13,11 @@ its settings only makes it run again.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
 import shutil
-import socket
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 
 import fsspec
 from omegaconf import DictConfig, OmegaConf
@@ -28,11 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from curation.executors import Stage, layout_of, run_stages
 from curation.sources import Source, selected_sources
 from curation.steps.preflight import probe_steps
-from data_contract import DataLayout, Refusal, code_version, read_json, write_json
+from data_contract import DataLayout, Refusal, code_version, hold_lock, read_json, write_json
 
 OUTPUT_FOLDERS = ("work", "curated", "removed", "report", "quality_classifier", "tokenizer", "tokens", "mix")
 TRAINING_DATA_SETTINGS = ("tokenizer", "token_files", "mix_plan", "mixture")
-_held: list[TextIO] = []  # the lock lives as long as the process
 
 
 def _digest(value: Any) -> str:
@@ -63,21 +59,9 @@ def fingerprint(cfg: DictConfig, sources: list[Source], with_dedup: bool) -> dic
 
 
 def _lock(layout: DataLayout) -> None:
-    path = layout.root / "work" / ".curation.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+")  # noqa: SIM115 (held open until the process ends)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        raise Refusal(f"paths.data_root={layout.root} is being curated by {holder}; wait for it to end or use "
-                      "another paths.data_root") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{socket.gethostname()} pid {os.getpid()}\n")
-    handle.flush()
-    _held.append(handle)
+    hold_lock(layout.root / "work" / ".curation.lock",
+              f"paths.data_root={layout.root} is being curated by {{holder}}; wait for it to end or use another "
+              "paths.data_root")
 
 
 def claim_and_run(cfg: DictConfig, stages_of: Callable[[list[Source], DataLayout], list[Stage]],

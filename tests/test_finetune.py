@@ -141,10 +141,10 @@ def test_bad_task_data_is_refused_naming_file_and_line(tmp_path: Path, tokenizer
 
 
 def test_each_epoch_visits_every_example_once_in_its_own_order() -> None:
-    order = [i for step in range(7) for i in example_order(step, 4, 14, seed=1)]  # 28 positions: 2 epochs
+    order = [i for step in range(7) for i in example_order(step * 4, 4, 14, seed=1)]  # 28 positions: 2 epochs
     assert sorted(order[:14]) == sorted(order[14:]) == list(range(14))
     assert order[:14] != order[14:]
-    assert example_order(5, 4, 14, seed=1) == order[20:24]  # a pure function of the step: resumable
+    assert example_order(20, 4, 14, seed=1) == order[20:24]  # a pure function of the position: resumable
 
 
 @pytest.fixture(scope="module")
@@ -186,12 +186,34 @@ def test_two_rank_fine_tuning_computes_the_validation_metric(tmp_path: Path, dat
     assert head["weight"].shape == (head_width, exported.config.n_embd)
 
 
+@pytest.fixture(scope="module")
+def reuters_run(tmp_path_factory: pytest.TempPathFactory, data_root: Path, pretrained: Path) -> Path:
+    """Three uninterrupted fp32 steps on Reuters, with GPT-1's head dropout (so the RNG matters)."""
+    run_dir = tmp_path_factory.mktemp("reuters") / "run"
+    finetune(run_dir, data_root, pretrained, "reuters", "precision=fp32")
+    return run_dir
+
+
 @pytest.mark.slow
-def test_classification_metric_matches_the_exported_model(tmp_path: Path, data_root: Path, pretrained: Path,
+def test_fine_tuning_resumes_exactly_dropout_included(tmp_path: Path, data_root: Path, pretrained: Path,
+                                                      reuters_run: Path) -> None:
+    split = tmp_path / "split"
+    with pytest.raises(AssertionError, match="exited"):  # each rank exits 75: checkpoint written, requeue me
+        finetune(split, data_root, pretrained, "reuters", "precision=fp32", "train.stop_at_step=1")
+    resumed = finetune(split, data_root, pretrained, "reuters", "precision=fp32")
+    whole = [json.loads(line) for line in (reuters_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed if "train/loss" in r] == [1, 2, 3]
+    for name in ("train/loss", "train/task_loss"):
+        expected = {r["step"]: r[name] for r in whole if name in r}
+        assert {r["step"]: r[name] for r in resumed if name in r} == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+@pytest.mark.slow
+def test_classification_metric_matches_the_exported_model(data_root: Path, pretrained: Path, reuters_run: Path,
                                                           tokenizer: spm.SentencePieceProcessor) -> None:
-    records = finetune(tmp_path / "run", data_root, pretrained, "reuters", "precision=fp32")
+    records = [json.loads(line) for line in (reuters_run / "metrics.jsonl").read_text().splitlines()]
     logged = next(r for r in records if "val/accuracy" in r)
-    model_dir = tmp_path / "run" / "checkpoints" / "step00000003" / "model"
+    model_dir = reuters_run / "checkpoints" / "step00000003" / "model"
     info = json.loads((model_dir / TASK_FILE).read_text())
     assert info["special_tokens"] == {"start": 1000, "delim": 1001, "extract": 1002}
     gpt = load_pretrained(model_dir)

@@ -5,55 +5,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.commands import run_command, run_module
-from tests.train_fixtures import make_data_root
-from train.checkpoint import complete_checkpoints, find_resume_checkpoint
+from tests.commands import run_module
+from tests.train_fixtures import launch, losses, make_data_root, read_metrics, wandb_ids
+from train.checkpoint import complete_checkpoints, newest_verified
 from train.cpu_shm_collectives import ranks_share_one_machine
 from train.skip_step import LossSpikeGuard, SkipStepAdamW
 
-SMALL_MODEL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
-               "train.micro_batch_size=4", "train.global_batch_size=8", "eval.max_batches=4",
-               "eval.sample_tokens=8", "wandb.enabled=true"]
 METRICS = ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu", "train/step_time_s",
            "train/tokens_seen", "val/loss", "val/bpb", "val/ppl", "sys/max_rss_gb"]
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Path:
     return make_data_root(tmp_path_factory.mktemp("data"), sample_corpus, seq_len=64)
-
-
-def launch(ranks: int, run_dir: Path, data_root: Path, *overrides: str, launcher: str = "deepspeed",
-           check: bool = True) -> subprocess.CompletedProcess[str]:
-    args = [f"run_dir={run_dir}", f"paths.data_root={data_root}", *SMALL_MODEL, *overrides]
-    if launcher == "deepspeed":
-        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
-               str(29500 + os.getpid() % 1000), "--module", "train", *args]
-    elif launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
-               str(30500 + os.getpid() % 1000), "-m", "train", *args]
-    else:
-        cmd = [sys.executable, "-m", "train", *args]
-    return run_command(cmd, env={"OMP_NUM_THREADS": "1"}, check=check)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    return {m["step"]: m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m}
-
-
-def wandb_ids(run_dir: Path) -> set[str]:
-    return {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
 
 
 @pytest.mark.parametrize(("environ", "shared"), [
@@ -138,8 +106,8 @@ def test_two_rank_zero3_bf16_run_writes_every_metric_and_a_checkpoint(tmp_path: 
     assert set(METRICS) <= logged, f"missing metrics: {set(METRICS) - logged}"
     assert any("samples/text" in r for r in records)
     assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
-    latest = find_resume_checkpoint(run_dir / "checkpoints")
-    assert latest is not None and latest.name == "step00000004"
+    latest = newest_verified(complete_checkpoints(run_dir / "checkpoints"))[0]
+    assert latest.name == "step00000004"
     state = json.loads((latest / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["samples_consumed"] == 4 * 8 and len(state["rng"]) == 2
     assert len(list(latest.glob("*optim_states.pt"))) == 2, "ZeRO-3 writes one optimizer shard per rank"
@@ -202,7 +170,7 @@ def test_half_written_checkpoints_are_never_resumed_from(tmp_path: Path, data_ro
     (checkpoints / "step00000003" / "zero_pp_rank_0_mp_rank_00_model_states.pt").write_bytes(b"partial")
     (checkpoints / "latest").write_text("step00000003\n")
     assert [p.name for p in complete_checkpoints(checkpoints)] == ["step00000002"]
-    assert find_resume_checkpoint(checkpoints).name == "step00000002"
+    assert newest_verified(complete_checkpoints(checkpoints))[0].name == "step00000002"
     result = launch(1, run_dir, data_root, "train.max_steps=4", *steps, launcher="python")
     assert "resumed from" in result.stderr + result.stdout and "step00000002" in result.stderr + result.stdout
     assert sorted(losses(run_dir)) == [1, 2, 3, 4]
@@ -229,12 +197,17 @@ def test_spike_guard_skips_updates_and_rolls_back(tmp_path: Path, data_root: Pat
     (["train.global_batch_size=10"], "train.global_batch_size=10 is not a multiple"),
     (["model.n_embd=66", "model.n_head=4"], "model.n_embd=66 is not divisible by model.n_head=4"),
     (["data.mix_dir=/nonexistent/mix/demo"], "no mixture plan at /nonexistent/mix/demo/mixture.json"),
+    (["train.max_steps=abc"], "train.max_steps='abc': Value 'abc' of type 'str' could not be converted to Integer"),
+    (["optim.betas=0.9"], "optim.betas=0.9: must be a list"),
+    (["+train.foo=1"], "train.foo is not a setting (known under train: "),
+    (["precision=fp16"], "precision='fp16' is not one of auto, bf16, fp32"),
 ])
 def test_refuses_bad_runs_with_one_line(tmp_path: Path, data_root: Path, overrides: list[str], message: str) -> None:
     result = launch(1, tmp_path / "run", data_root, *overrides, launcher="python", check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     refusal = [line for line in result.stderr.splitlines() if line.startswith("train: ")]
     assert len(refusal) == 1 and message in refusal[0], result.stderr[-2000:]
+    assert "deepspeed" not in (result.stdout + result.stderr).lower(), "refused only after DeepSpeed started"
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

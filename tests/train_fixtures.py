@@ -1,5 +1,7 @@
 """Small real training data for trainer tests, written through the data contract (data_contract.py).
 
+Also how tests launch the trainer (`launch`) and read a run back.
+
 Two sources cut from the real sample corpus (Austen, Botchan), tokenized with a sentencepiece model
 that ships in the corpus; a plan that alternates the sources over shuffled windows. The trainer
 tests do not depend on the curation code, only on the contract's paths, manifests and mixture spec.
@@ -7,6 +9,10 @@ tests do not depend on the curation code, only on the contract's paths, manifest
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +27,7 @@ from data_contract import (
     write_manifest,
     write_mixture_spec,
 )
+from tests.commands import run_command
 
 SOURCES = {"austen": "books/austen/persuasion.txt", "botchan": "books/gutenberg/pg8868_botchan.txt"}
 TOKENIZER = "tokenizers/sentencepiece/botchan_en_bpe_1000.model"
@@ -81,3 +88,34 @@ def make_data_root(root: Path, corpus: Path, seq_len: int = 64, seed: int = 0, m
         "num_samples": len(plan_source), "tokenizer_sha256": tokenizer_sha, "dtype": "uint16",
         "vocab_size": processor.get_piece_size(), "eos_id": processor.eos_id(), "sources": sources})
     return root
+
+
+SMALL_MODEL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
+               "train.micro_batch_size=4", "train.global_batch_size=8", "eval.max_batches=4",
+               "eval.sample_tokens=8", "wandb.enabled=true"]
+
+
+def launch(ranks: int, run_dir: Path, data_root: Path, *overrides: str, launcher: str = "deepspeed",
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+    args = [f"run_dir={run_dir}", f"paths.data_root={data_root}", *SMALL_MODEL, *overrides]
+    if launcher == "deepspeed":
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
+               str(29500 + os.getpid() % 1000), "--module", "train", *args]
+    elif launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",
+               str(30500 + os.getpid() % 1000), "-m", "train", *args]
+    else:
+        cmd = [sys.executable, "-m", "train", *args]
+    return run_command(cmd, env={"OMP_NUM_THREADS": "1"}, check=check)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m}
+
+
+def wandb_ids(run_dir: Path) -> set[str]:
+    return {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}

@@ -6,10 +6,9 @@ settings or data is one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-from train.distributed import strip_launcher_args
+from train.launch_env import strip_launcher_args
 from train.preflight import training_command
-from train.pretrain import PretrainTask
 
 if __name__ == "__main__":
     strip_launcher_args()
-    training_command("train", "pretrain", PretrainTask)()
+    training_command("train", "pretrain", "train.pretrain:PretrainTask")()

@@ -2,9 +2,15 @@
 
 `<run_dir>/checkpoints/<tag>/` holds the DeepSpeed checkpoint (sharded ZeRO state of every rank),
 `model/` (consolidated weights, written by the task: train/pretrain.py, train/finetune/task.py) and
-`trainer_state.json`. Everything is written under `<tag>.tmp/`, `trainer_state.json` last, then the
-folder is renamed and only then the `latest` pointer replaced, so a job killed at any moment leaves
-the previous checkpoint in use.
+`trainer_state.json`. Everything is written under `<tag>.tmp/`, `trainer_state.json` last, then files
+and folder are fsynced, the folder renamed and only then the `latest` pointer replaced, so a job
+killed at any moment (or a power loss) leaves the previous checkpoint in use.
+
+`trainer_state.json` lists every other file of the checkpoint with its size and SHA-256 (the ranks
+hash a share each). A resume verifies the newest checkpoint against that list and, if a file is
+missing, truncated or altered, says so in one line and takes the previous checkpoint that verifies:
+a damaged checkpoint is never resumed from. Checkpoints are ordered by the step in their folder
+name, so rotation never has to read (possibly damaged) state files.
 
 Also here: every process's RNG state (saved per rank, restored on an exact resume) and the roll-back
 to the last checkpoint after repeated loss spikes (train/skip_step.py).
@@ -27,19 +33,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
 
-from data_contract import replace_folder, write_atomic
+from data_contract import Refusal, replace_folder, sha256_file, write_atomic
+from train.distributed import gather_objects
 
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
 TMP_SUFFIX = ".tmp"
+TAG_PREFIX = "step"
 
 log = logging.getLogger("train")
 
 
 def tag_for(step: int) -> str:
-    return f"step{step:08d}"
+    return f"{TAG_PREFIX}{step:08d}"
 
 
 def _barrier() -> None:
@@ -51,24 +58,59 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / STATE_FILE).read_text())
 
 
+def readable_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's state, or None when the file is missing or not a whole JSON object."""
+    try:
+        state = read_state(checkpoint)
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def step_of(checkpoint: Path) -> int | None:
+    name = checkpoint.name
+    return int(name[len(TAG_PREFIX):]) if name.startswith(TAG_PREFIX) and name[len(TAG_PREFIX):].isdigit() else None
+
+
 def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Finished checkpoints, oldest first (a folder counts only once its state file is in it)."""
+    """Renamed checkpoints (a folder counts once its state file is in it), oldest first by their tag's step."""
     if not checkpoints_dir.is_dir():
         return []
     found = [p for p in checkpoints_dir.iterdir()
-             if p.is_dir() and not p.name.endswith(TMP_SUFFIX) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: read_state(p)["step"])
+             if p.is_dir() and step_of(p) is not None and (p / STATE_FILE).is_file()]
+    return sorted(found, key=step_of)  # type: ignore[arg-type, return-value]
 
 
-def find_resume_checkpoint(checkpoints_dir: Path) -> Path | None:
-    """The checkpoint `latest` names if it is complete, else the newest complete one."""
-    latest = checkpoints_dir / LATEST_FILE
-    if latest.is_file():
-        named = checkpoints_dir / latest.read_text().strip()
-        if (named / STATE_FILE).is_file():
-            return named
-    complete = complete_checkpoints(checkpoints_dir)
-    return complete[-1] if complete else None
+def checkpoint_files(folder: Path) -> list[str]:
+    """Every file of a checkpoint folder but the state file, relative and sorted (the same list on every rank)."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and p.name != STATE_FILE)
+
+
+def file_entries(folder: Path, names: list[str]) -> dict[str, list[Any]]:
+    """`name: [size, sha256]` for the given files of `folder`."""
+    return {name: [(folder / name).stat().st_size, sha256_file(folder / name)] for name in names}
+
+
+def problems_in(checkpoint: Path, state: dict[str, Any], names: list[str]) -> list[str]:
+    """What is wrong with the files `names` of the state's list. A checkpoint written before the list
+    existed has no `files` key and is taken unverified; an empty or malformed list is damage."""
+    if "files" not in state:
+        return []
+    listed = state["files"]
+    if not isinstance(listed, dict) or not listed:
+        return [f"{STATE_FILE} lists no files"]
+    problems = []
+    for name in names:
+        size, digest = listed[name]
+        path = checkpoint / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{name} is {path.stat().st_size} bytes, {size} were written")
+        elif sha256_file(path) != digest:
+            problems.append(f"{name} does not match its checksum")
+    return problems
 
 
 def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
@@ -103,10 +145,15 @@ def save(engine: Any, checkpoints_dir: Path, step: int, trainer_state: dict[str,
     _barrier()
     engine.save_checkpoint(str(checkpoints_dir), tag=tmp.name, save_latest=False)
     weights = consolidated_state_dict(engine) if export is not None else None
+    if rank == 0 and weights is not None and export is not None:
+        export(weights, tmp / "model")
+    _barrier()
+    names = checkpoint_files(tmp)
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    shares = gather_objects(file_entries(tmp, names[rank::world_size]), world_size)
     if rank == 0:
-        if weights is not None and export is not None:
-            export(weights, tmp / "model")
-        write_atomic(tmp / STATE_FILE, json.dumps(trainer_state, indent=1))
+        files = {name: entry for share in shares for name, entry in share.items()}
+        write_atomic(tmp / STATE_FILE, json.dumps({**trainer_state, "files": dict(sorted(files.items()))}, indent=1))
         # files and folders fsynced before the rename; a checkpoint of the same step saved again (e.g. at
         # a signal right after a periodic save) is replaced
         replace_folder(tmp, final)
@@ -136,23 +183,41 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def roll_back(engine: Any, checkpoints_dir: Path) -> Path | None:
-    """Load the weights and optimizer state of the newest complete checkpoint into `engine` (collective).
+    """Load the weights and optimizer state of the newest verified checkpoint into `engine` (collective).
 
     The data position is not rewound: the trainer carries on after the batches that caused the
     spikes. None, with the engine untouched, when there is no checkpoint yet.
     """
-    last = find_resume_checkpoint(checkpoints_dir)
+    last = newest_verified(complete_checkpoints(checkpoints_dir))
     if last is not None:
-        engine.load_checkpoint(str(checkpoints_dir), tag=last.name, load_lr_scheduler_states=False)
-    return last
+        engine.load_checkpoint(str(checkpoints_dir), tag=last[0].name, load_lr_scheduler_states=False)
+    return last[0] if last is not None else None
 
 
-def universal_copy(checkpoint: Path) -> Path:
+def newest_verified(candidates: list[Path]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest of `candidates` (oldest first) whose files match its state's list, with its state
+    (collective: each rank checks a share of the files). Each damaged one is reported in one line."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    for candidate in reversed(candidates):
+        state = readable_state(candidate)
+        problems = [f"{STATE_FILE} is not readable"] if state is None else []
+        if state is not None:
+            names = sorted(state.get("files") or {})
+            problems = [p for share in gather_objects(problems_in(candidate, state, names[rank::world_size]),
+                                                      world_size) for p in share]
+        if not problems:
+            return candidate, state  # type: ignore[return-value]
+        if rank == 0:
+            log.warning("checkpoint %s is damaged (%s); not resuming from it", candidate, "; ".join(problems[:3]))
+    return None
+
+
+def universal_copy(checkpoint: Path, universal_root: Path) -> Path:
     """Convert a ZeRO checkpoint to DeepSpeed's universal format (rank-count independent), once.
 
     Returns the folder to pass as load_dir with the same tag; rank 0 converts, others wait.
     """
-    universal_root = checkpoint.parent / "universal"
     target = universal_root / checkpoint.name
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0 and not (target / ".complete").is_file():
@@ -177,29 +242,34 @@ class Resume:
     universal: bool
 
 
-def plan_resume(checkpoints_dir: Path, mode: str, world_size: int) -> Resume | None:
-    """`train.resume=auto`: the newest complete checkpoint, if any. Decided before deepspeed.initialize,
-    since loading a universal checkpoint needs `checkpoint.load_universal` in the DeepSpeed config."""
-    found = find_resume_checkpoint(checkpoints_dir) if mode == "auto" else None
+def plan_resume(checkpoints_dir: Path, request: str | Path, world_size: int) -> Resume | None:
+    """The verified checkpoint a job continues from (collective), or None to start fresh.
+
+    `request` is `auto` (this run's newest verified checkpoint), `never`, or a checkpoint path: that
+    checkpoint while this run has none of its own yet (once it has, a requeued job continues from its
+    own, as with auto). Decided before deepspeed.initialize, since loading a universal checkpoint
+    needs `checkpoint.load_universal` in the DeepSpeed config.
+    """
+    if request == "never":
+        return None
+    own = complete_checkpoints(checkpoints_dir)
+    if isinstance(request, Path) and not own:
+        found = newest_verified([request])
+        if found is None:
+            raise Refusal(f"train.resume={request} is damaged (see the line above); pick another checkpoint")
+    else:
+        found = newest_verified(own)
+        if found is None and own:
+            log.warning("no checkpoint in %s verifies; starting from scratch", checkpoints_dir)
     if found is None:
         return None
-    state = read_state(found)
-    return Resume(found, state, state["world_size"] != world_size)
+    checkpoint, state = found
+    return Resume(checkpoint, state, state["world_size"] != world_size)
 
 
-def load(engine: Any, resume: Resume) -> None:
-    """Load the DeepSpeed state of `resume` into `engine` (collective), converting it first if needed."""
-    load_dir = universal_copy(resume.checkpoint) if resume.universal else resume.checkpoint.parent
-    engine.load_checkpoint(str(load_dir), tag=resume.checkpoint.name, load_lr_scheduler_states=False)
-
-
-def start_run(run_dir: Path, cfg: DictConfig, rank: int, step: int, total_steps: int) -> bool:
-    """False when the run already reached `total_steps` (a rerun of a finished job does nothing);
-    otherwise rank 0 writes the resolved config.yaml, so the run dir says what it was started with."""
-    if step >= total_steps:
-        log.info("%s is complete (%d of %d steps); nothing to do", run_dir, step, total_steps)
-        return False
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    return True
+def load(engine: Any, resume: Resume, checkpoints_dir: Path) -> None:
+    """Load the DeepSpeed state of `resume` into `engine` (collective), converting it first if needed
+    (the universal copy goes under this run's `checkpoints/universal/`)."""
+    checkpoint = resume.checkpoint
+    load_dir = universal_copy(checkpoint, checkpoints_dir / "universal") if resume.universal else checkpoint.parent
+    engine.load_checkpoint(str(load_dir), tag=checkpoint.name, load_lr_scheduler_states=False)

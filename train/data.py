@@ -113,12 +113,14 @@ class Prefetcher:
     """Builds the next micro-batches in a background thread; measures how long the loop waits for them.
 
     Micro-batch k of rank r in optimizer step s covers plan positions
-    s*B + r*(m*a) + k*m ... + m, with B global batch, m micro batch, a grad-accum steps.
+    p + (s-s0)*B + r*(m*a) + k*m ... + m, with p the samples consumed before step s0 (where the job
+    started), B global batch, m micro batch, a grad-accum steps.
     """
 
-    def __init__(self, data: MixtureData, start_step: int, global_batch: int, micro_batch: int, accum: int,
-                 rank: int, depth: int) -> None:
+    def __init__(self, data: MixtureData, start_step: int, first_sample: int, global_batch: int, micro_batch: int,
+                 accum: int, rank: int, depth: int) -> None:
         self.data, self.global_batch, self.micro_batch, self.accum, self.rank = data, global_batch, micro_batch, accum, rank
+        self.offset = first_sample - start_step * global_batch
         self.queue: queue.Queue[tuple[int, list[torch.Tensor]]] = queue.Queue(maxsize=max(depth, 1))
         self.wait_s = 0.0
         self._stop = threading.Event()
@@ -126,11 +128,11 @@ class Prefetcher:
         self._thread.start()
 
     def step_batches(self, step: int) -> list[torch.Tensor]:
-        base = step * self.global_batch + self.rank * self.micro_batch * self.accum
+        base = self.offset + step * self.global_batch + self.rank * self.micro_batch * self.accum
         return [self.data.batch(base + k * self.micro_batch, self.micro_batch) for k in range(self.accum)]
 
     def _fill(self, step: int) -> None:
-        steps_available = len(self.data) // self.global_batch
+        steps_available = (len(self.data) - self.offset) // self.global_batch
         while not self._stop.is_set() and step < steps_available:
             item = (step, self.step_batches(step))
             while not self._stop.is_set():

@@ -11,20 +11,8 @@ from torch import nn
 from data_contract import Refusal
 from train.distributed import accelerator
 from train.optim import param_groups
+from train.preflight import grad_accum_steps
 from train.skip_step import LossSpikeGuard, SkipStepAdamW
-
-
-def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """global_batch = micro_batch x grad_accum x world_size, or a one-line refusal."""
-    per_step = micro_batch * world_size
-    if global_batch < 1 or micro_batch < 1:
-        raise Refusal(f"train.global_batch_size={global_batch} and train.micro_batch_size={micro_batch} must be >= 1")
-    if global_batch % per_step:
-        raise Refusal(
-            f"train.global_batch_size={global_batch} is not a multiple of train.micro_batch_size={micro_batch} x "
-            f"{world_size} ranks = {per_step}; pick a global batch that is, or another micro batch"
-        )
-    return global_batch // per_step
 
 
 def cpu_has_bf16() -> bool:
@@ -37,8 +25,7 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(setting: str) -> str:
-    if setting not in {"auto", "bf16", "fp32"}:
-        raise Refusal(f"precision={setting!r} is not one of auto, bf16, fp32")
+    """`precision` (auto, bf16 or fp32: train/settings.py checks the choice) for this hardware."""
     if setting != "auto":
         return setting
     if torch.cuda.is_available():
@@ -48,8 +35,6 @@ def resolve_precision(setting: str) -> str:
 
 def build_ds_config(cfg: Any, world_size: int, precision: str) -> dict[str, Any]:
     zero = cfg.deepspeed
-    if zero.stage not in (0, 1, 2, 3):
-        raise Refusal(f"deepspeed.stage={zero.stage} must be 0, 1, 2 or 3")
     accum = grad_accum_steps(cfg.train.global_batch_size, cfg.train.micro_batch_size, world_size)
     zero_config: dict[str, Any] = {
         "stage": zero.stage,

@@ -1,81 +1,164 @@
-"""Refusals before any training: every check names the key or file and the fix, in one line."""
+"""Everything a training command checks before torch, DeepSpeed or the data are touched.
+
+In order: the settings against their typed schema (train/settings.py); the resume request, a Hydra
+sweep job's own run_dir, the run_dir lock and a fresh start's refusal (train/run_dir.py); the data
+against tokenizer and settings; and the run's identity against its newest checkpoint's
+(train/run_identity.py). Each refusal names the key or file and the fix, in one line, within about a
+second of the command; only then is the trainer imported and started.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from data_contract import MANIFEST, MIXTURE_SPEC, TOKENIZER_MODEL, Refusal, sha256_file
+from data_contract import MANIFEST, MIXTURE_SPEC, TOKENIZER_MODEL, Refusal, read_mixture_spec, sha256_file
 from model import GPTConfig
-from train.data import MixtureData
+from train import run_dir as run_dirs
+from train.launch_env import resolve_env
+from train.run_identity import check_same_run, finetune_identity, pretrain_identity
+from train.settings import SCHEMAS, typed
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def training_command(name: str, config_name: str, build_task: Callable[..., Any]) -> Callable[[], None]:
-    """The Hydra entry point of a training stage: the trainer runs `build_task`'s task with the config
-    `conf/<config_name>.yaml`; a refusal is one `<name>: ...` line on stderr and exit code 2."""
+def training_command(name: str, config_name: str, task: str) -> Callable[[], None]:
+    """The Hydra entry point of a training stage: `conf/<config_name>.yaml`, checked (`prepare`), then
+    the trainer runs `task` ("module:Class"); a refusal is one `<name>: ...` line on stderr, exit code 2."""
     @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base=None)
     def main(cfg: DictConfig) -> None:
-        from train import trainer
+        def start() -> int:
+            checked, identity = prepare(cfg, config_name, _sweep_override_dirname())
+            from train import trainer
 
-        exit_after(name, lambda: trainer.run(cfg, build_task))
+            module, class_name = task.split(":")
+            return trainer.run(checked, getattr(importlib.import_module(module), class_name), identity)
+
+        exit_after(name, start)
 
     return main
 
 
+def _sweep_override_dirname() -> str | None:
+    """In a Hydra multirun, this job's values of the swept keys (e.g. `optim.lr=0.001`); else None."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    parser = OverridesParser.create()
+    given = parser.parse_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
+    swept = {override.key_or_group for override in given if override.is_sweep_override()}
+    job = parser.parse_overrides(list(hydra_cfg.overrides.task))
+    return ",".join(f"{o.key_or_group}={o.value()}".replace("/", "_") for o in job if o.key_or_group in swept)
+
+
 def exit_after(command: str, run: Callable[[], int]) -> None:
-    """The end of an entry point: a refusal is one `<command>: ...` line on stderr and exit 2 (no
-    traceback: the message already names the key or file and the fix); a nonzero result is the exit code."""
+    """The end of an entry point: a refusal is one `<command>: ...` line on stderr (from rank 0) and exit 2
+    (no traceback: the message already names the key or file and the fix); a nonzero result is the exit code."""
     try:
         code = run()
     except Refusal as refusal:
-        print(f"{command}: {refusal}", file=sys.stderr)
+        if resolve_env(dict(os.environ)).rank == 0:
+            print(f"{command}: {refusal}", file=sys.stderr)
         sys.exit(2)
     if code:
         sys.exit(code)
 
 
-def check_run(cfg: DictConfig, data: MixtureData) -> dict[str, str]:
-    """Validate data against tokenizer and settings; returns the hashes a checkpoint records."""
+def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | None) -> tuple[DictConfig, dict[str, Any]]:
+    """The typed settings and this run's identity, once every check before training has passed."""
+    cfg = typed(cfg, SCHEMAS[config_name])
+    run_dirs.sweep_job_run_dir(cfg, sweep_override_dirname)
+    request = run_dirs.resume_request(cfg)
+    identity = pretrain_checks(cfg) if config_name == "pretrain" else finetune_checks(cfg)
+    launch = resolve_env(dict(os.environ))
+    grad_accum_steps(cfg.train.global_batch_size, cfg.train.micro_batch_size, launch.world_size)
+    rank = launch.rank
+    run_dirs.claim(cfg, rank)
+    if request == "never":
+        run_dirs.fresh_start(cfg, rank)
+    else:
+        own = run_dirs.newest_state(Path(cfg.run_dir))
+        found = own or (run_dirs.checkpoint_state(request) if isinstance(request, Path) else None)
+        if found is not None:
+            check_same_run(found[1].get("identity"), identity, list(cfg.train.accept_changes), found[0])
+    return cfg, identity
+
+
+def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
+    """global_batch = micro_batch x grad_accum x world_size, or a one-line refusal."""
+    per_step = micro_batch * world_size
+    if global_batch < 1 or micro_batch < 1:
+        raise Refusal(f"train.global_batch_size={global_batch} and train.micro_batch_size={micro_batch} must be >= 1")
+    if global_batch % per_step:
+        raise Refusal(
+            f"train.global_batch_size={global_batch} is not a multiple of train.micro_batch_size={micro_batch} x "
+            f"{world_size} ranks = {per_step}; pick a global batch that is, or another micro batch"
+        )
+    return global_batch // per_step
+
+
+def pretrain_checks(cfg: DictConfig) -> dict[str, Any]:
+    """Validate the data against tokenizer and settings; returns the run's identity."""
     tokenizer_model = Path(cfg.data.tokenizer_dir) / TOKENIZER_MODEL
     if not tokenizer_model.is_file():
         raise Refusal(f"no tokenizer at {tokenizer_model}; train it with `python -m curation.train_tokenizer`")
     manifest_path = Path(cfg.data.tokenizer_dir) / MANIFEST
     tokenizer_hash = (json.loads(manifest_path.read_text())["sha256"] if manifest_path.is_file()
                       else sha256_file(tokenizer_model))
-    mix_tokenizer_hash = data.spec.get("tokenizer_sha256")
+    spec = read_mixture_spec(Path(cfg.data.mix_dir))
+    mix_tokenizer_hash = spec.get("tokenizer_sha256")
     if mix_tokenizer_hash != tokenizer_hash:
         raise Refusal(
             f"{cfg.data.mix_dir}/mixture.json was built with tokenizer {str(mix_tokenizer_hash)[:12]}, but "
             f"{tokenizer_model} is {tokenizer_hash[:12]}; re-run `python -m curation.tokenize` and "
             "`python -m curation.mix` with this tokenizer")
-    if cfg.train.seq_len != data.seq_len:
+    plan_seq_len, data_vocab = int(spec["seq_len"]), int(spec["vocab_size"])
+    if cfg.train.seq_len != plan_seq_len:
         raise Refusal(f"train.seq_len={cfg.train.seq_len} but the plan in {cfg.data.mix_dir} has windows of "
-                        f"seq_len={data.seq_len}; set train.seq_len={data.seq_len} or rebuild the mix with "
-                        f"mix_plan.seq_len={cfg.train.seq_len}")
+                      f"seq_len={plan_seq_len}; set train.seq_len={plan_seq_len} or rebuild the mix with "
+                      f"mix_plan.seq_len={cfg.train.seq_len}")
     if cfg.train.seq_len > cfg.model.block_size:
         raise Refusal(f"train.seq_len={cfg.train.seq_len} is longer than the model's context "
-                        f"model.block_size={cfg.model.block_size}; lower the one or raise the other")
-    if cfg.vocab_size is not None and cfg.vocab_size < data.vocab_size:
+                      f"model.block_size={cfg.model.block_size}; lower the one or raise the other")
+    if cfg.vocab_size is not None and cfg.vocab_size < data_vocab:
         raise Refusal(f"vocab_size={cfg.vocab_size} is smaller than the tokenizer's vocabulary "
-                        f"({data.vocab_size}, {tokenizer_model}); raise it or set vocab_size=null to follow "
-                        "the tokenizer")
-    return {"tokenizer_sha256": tokenizer_hash,
-            "mixture_sha256": sha256_file(Path(cfg.data.mix_dir) / MIXTURE_SPEC)}
+                      f"({data_vocab}, {tokenizer_model}); raise it or set vocab_size=null to follow "
+                      "the tokenizer")
+    model_config_for(cfg, data_vocab)  # the shape itself (e.g. n_embd divisible by n_head)
+    hashes = {"tokenizer_sha256": tokenizer_hash, "mixture_sha256": sha256_file(Path(cfg.data.mix_dir) / MIXTURE_SPEC)}
+    return pretrain_identity(cfg, cfg.vocab_size if cfg.vocab_size is not None else data_vocab, hashes)
 
 
-def model_config_for(cfg: DictConfig, data: MixtureData) -> GPTConfig:
+def finetune_checks(cfg: DictConfig) -> dict[str, Any]:
+    """The model to start from and the task's files exist; returns the run's identity. (What is inside
+    them is checked as they are read: train/finetune/task.py.)"""
+    if cfg.init is None:
+        raise Refusal("init=PATH is required: the pretraining run dir, checkpoint dir or saved-model dir")
+    if not Path(cfg.init).exists():
+        raise Refusal(f"init={cfg.init} does not exist; give a pretraining run dir, checkpoint dir or saved-model dir")
+    for split in ("train", "validation"):
+        if not Path(cfg.task[split]).is_file():
+            raise Refusal(f"task.{split}={cfg.task[split]} does not exist; build the sets with "
+                          "`python -m train.build_task_sets` or point the task at your files")
+    return finetune_identity(cfg)
+
+
+def model_config_for(cfg: DictConfig, data_vocab_size: int) -> GPTConfig:
     """The preset with the vocabulary of the tokenizer, or `vocab_size` when the user fixed one."""
     values = OmegaConf.to_container(cfg.model, resolve=True)
     assert isinstance(values, dict)
-    values["vocab_size"] = cfg.vocab_size if cfg.vocab_size is not None else data.vocab_size
+    values["vocab_size"] = cfg.vocab_size if cfg.vocab_size is not None else data_vocab_size
     try:
         return GPTConfig.from_dict(values)
     except ValueError as invalid:

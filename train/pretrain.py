@@ -25,7 +25,7 @@ from model.pretrained import save_pretrained
 from train.data import MixtureData, Prefetcher
 from train.distributed import mean_across_ranks
 from train.metrics import MetricsLogger, default_peak_flops
-from train.preflight import check_run, model_config_for
+from train.preflight import model_config_for
 from train.trainer import Evaluation, RunSetup
 from train.val_loss import token_byte_lengths, unigram_bpb, val_loss_metrics
 from train.zero_shot import zero_shot_metrics
@@ -39,34 +39,38 @@ class PretrainTask:
     def __init__(self, cfg: DictConfig, setup: RunSetup) -> None:
         self.cfg, self.setup = cfg, setup
         self.data = MixtureData(Path(cfg.data.mix_dir), Path(cfg.paths.data_root))
-        self.data_hashes = check_run(cfg, self.data)
-        model_config = model_config_for(cfg, self.data)
+        model_config = model_config_for(cfg, self.data.vocab_size)
         self.global_batch, self.seq_len = cfg.train.global_batch_size, cfg.train.seq_len
-        total_steps = len(self.data) // self.global_batch
-        if cfg.train.tokens:
-            total_steps = min(total_steps, int(cfg.train.tokens) // (self.global_batch * self.seq_len))
-        if cfg.train.max_steps:
-            total_steps = min(total_steps, int(cfg.train.max_steps))
-        if total_steps < 1:
+        self.resumed_at = (0, 0, 0)  # (step, tokens seen, samples consumed) of the checkpoint resumed from
+        self.total_steps = self.last_step()
+        if self.total_steps < 1:
             raise Refusal(f"the plan in {cfg.data.mix_dir} holds {len(self.data)} samples, fewer than one global "
-                              f"batch (train.global_batch_size={self.global_batch}); build a larger mix or lower the batch")
-        self.total_steps = total_steps
+                          f"batch (train.global_batch_size={self.global_batch}); build a larger mix or lower the batch")
         self.model = GPT(model_config)
         self.n_params = self.model.num_params()  # before ZeRO-3 partitions the parameters away
         self.flops_per_token = flops_per_token(model_config, self.seq_len)
         self.tokenizer_model = Path(cfg.data.tokenizer_dir) / TOKENIZER_MODEL
-        self.resumed_at = (0, 0)  # (step, tokens seen) of the checkpoint resumed from
         self.last_wait_s = 0.0
+
+    def last_step(self) -> int:
+        """Steps until the plan, the token budget or `train.max_steps` runs out, counted from the samples
+        and tokens consumed (the same as counting from zero unless an accepted change of batch or
+        sequence length re-divides the rest of the plan)."""
+        step, tokens, samples = self.resumed_at
+        last = step + (len(self.data) - samples) // self.global_batch
+        if self.cfg.train.tokens:
+            last = min(last, step + (int(self.cfg.train.tokens) - tokens) // (self.global_batch * self.seq_len))
+        if self.cfg.train.max_steps:
+            last = min(last, int(self.cfg.train.max_steps))
+        return last
 
     def describe(self) -> str:
         return (f"model {self.cfg.run_name}: {self.n_params / 1e6:.2f}M parameters; "
                 f"samples of {self.seq_len} tokens")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["data"] != self.data_hashes:
-            log.warning("resuming with other data or tokenizer than the checkpoint was trained on: %s -> %s",
-                        state["data"], self.data_hashes)
-        self.resumed_at = (state["step"], state["tokens_seen"])
+        self.resumed_at = (state["step"], state["tokens_seen"], state["samples_consumed"])
+        self.total_steps = self.last_step()
         log.info("%d samples consumed before the resume", state["samples_consumed"])
 
     def start(self, step: int, metrics: MetricsLogger, resumed: bool) -> None:
@@ -80,8 +84,9 @@ class PretrainTask:
         metrics.log(step, {"sys/peak_flops": self.peak_flops})
         if self.setup.rank == 0 and not resumed:
             metrics.log(0, {"val/unigram_bpb": unigram_bpb(self.data, self.token_bytes)})
-        self.prefetcher = Prefetcher(self.data, step, self.global_batch, self.cfg.train.micro_batch_size,
-                                     self.setup.accum, self.setup.rank, self.cfg.data.prefetch_batches)
+        self.prefetcher = Prefetcher(self.data, step, self.samples_consumed(step), self.global_batch,
+                                     self.cfg.train.micro_batch_size, self.setup.accum, self.setup.rank,
+                                     self.cfg.data.prefetch_batches)
 
     def batches(self, step: int) -> list[torch.Tensor]:
         wait_before = self.prefetcher.wait_s
@@ -93,14 +98,19 @@ class PretrainTask:
         return {"loss": next_token_loss(engine(batch[:, :-1]), batch[:, 1:])}
 
     def tokens_seen(self, step: int) -> int:
-        resumed_step, resumed_tokens = self.resumed_at
+        resumed_step, resumed_tokens, _ = self.resumed_at
         return resumed_tokens + (step - resumed_step) * self.global_batch * self.seq_len
+
+    def samples_consumed(self, step: int) -> int:
+        """Plan samples used before step `step`: the data position (the plan is read in order)."""
+        resumed_step, _, resumed_samples = self.resumed_at
+        return resumed_samples + (step - resumed_step) * self.global_batch
 
     def step_metrics(self, step: int, step_time_s: float) -> dict[str, float]:
         tokens_per_sec = self.global_batch * self.seq_len / step_time_s
         return {"train/tokens_per_sec": tokens_per_sec,
                 "train/mfu": self.flops_per_token * tokens_per_sec / (self.peak_flops * self.setup.world_size),
-                "train/tokens_seen": self.tokens_seen(step), "train/samples_seen": step * self.global_batch,
+                "train/tokens_seen": self.tokens_seen(step), "train/samples_seen": self.samples_consumed(step),
                 "train/data_wait_s": self.last_wait_s}
 
     def evaluations(self) -> list[Evaluation]:
@@ -125,8 +135,8 @@ class PretrainTask:
         metrics.log_text(step, "samples/text", self.tokenizer.decode(ids[0].tolist()))
 
     def state_dict(self, step: int) -> dict[str, Any]:
-        return {"samples_consumed": step * self.global_batch, "tokens_seen": self.tokens_seen(step),
-                "seq_len": self.seq_len, "data": self.data_hashes}
+        return {"samples_consumed": self.samples_consumed(step), "tokens_seen": self.tokens_seen(step),
+                "seq_len": self.seq_len}
 
     def export(self, engine: Any, weights: dict[str, torch.Tensor], folder: Path) -> None:
         save_pretrained(engine.module, folder, state_dict=weights, tokenizer=self.tokenizer_model)

@@ -17,8 +17,6 @@ from train.distributed import accelerator
 
 # sysexits.h EX_TEMPFAIL: "try again later"; slurm/pretrain.sh requeues the job on it.
 EXIT_REQUEUE = 75
-# Left in the run dir beside that exit code, for launchers that see only their own status.
-REQUEUE_MARKER = "REQUEUE"
 
 
 class StopRequest:

@@ -30,10 +30,14 @@ from torch import nn
 
 from train import checkpoint
 from train.distributed import gather_objects, init_distributed, mean_across_ranks, threads_per_rank
-from train.ds_config import build_ds_config, grad_accum_steps, resolve_precision, start_engine
+from train.ds_config import build_ds_config, resolve_precision, start_engine
 from train.metrics import MetricsLogger, max_rss_gb
 from train.optim import lr_at
-from train.signals import EXIT_REQUEUE, REQUEUE_MARKER, StopRequest
+from train.preflight import grad_accum_steps
+from train.run_dir import REQUEUE_MARKER, resume_request, rewind_metrics
+from train.run_identity import check_same_run
+from train.signals import EXIT_REQUEUE, StopRequest
+from train.watchdog import ProgressWatchdog
 
 log = logging.getLogger("train")
 
@@ -105,24 +109,32 @@ class Task(Protocol):
         ...
 
 
-def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task]) -> int:
-    """Train the task until its last step or a stop signal; returns the process exit code."""
-    dist_env = init_distributed()
+def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], identity: dict[str, Any]) -> int:
+    """Train the task until its last step or a stop signal; returns the process exit code.
+
+    `cfg` and `identity` come from the checks before training (train/preflight.py).
+    """
+    # gloo's own timeout lies beyond the watchdog's, so a hang ends with the watchdog's line.
+    dist_env = init_distributed(timeout_s=2 * cfg.train.collective_timeout_s + 60)
     rank, world_size = dist_env.rank, dist_env.world_size
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(message)s")
+    watchdog = ProgressWatchdog(cfg.train.collective_timeout_s, rank)
     torch.set_num_threads(threads_per_rank(cfg, world_size))
     global_batch = cfg.train.global_batch_size
     setup = RunSetup(rank, world_size, resolve_precision(cfg.precision),
                      grad_accum_steps(global_batch, cfg.train.micro_batch_size, world_size))
     torch.manual_seed(cfg.seed)
     task = build_task(cfg, setup)
-    total_steps = task.total_steps
 
     run_dir = Path(cfg.run_dir)
     checkpoints_dir = run_dir / "checkpoints"
     # Decided before deepspeed.initialize: loading a universal checkpoint is a DeepSpeed config flag.
-    resume = checkpoint.plan_resume(checkpoints_dir, cfg.train.resume, world_size)
+    resume = checkpoint.plan_resume(checkpoints_dir, resume_request(cfg), world_size)
+    if resume is not None:  # the verified checkpoint may be older than the one preflight compared with
+        for accepted in check_same_run(resume.state.get("identity"), identity, list(cfg.train.accept_changes),
+                                       resume.checkpoint):
+            log.warning("continuing %s with changed settings, as accepted: %s", resume.checkpoint, accepted)
     ds_config = build_ds_config(cfg, world_size, setup.precision)
     if resume is not None and resume.universal:
         ds_config["checkpoint"] = {"load_universal": True}
@@ -133,9 +145,11 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task]) -> 
 
     step, wandb_run_id = 0, None
     if resume is not None:
-        checkpoint.load(engine, resume)
+        checkpoint.load(engine, resume, checkpoints_dir)
         state = resume.state
-        step, wandb_run_id = state["step"], state["wandb_run_id"]
+        step = state["step"]
+        # A run_dir started from another run's checkpoint (train.resume=<path>) is a wandb run of its own.
+        wandb_run_id = state["wandb_run_id"] if resume.checkpoint.parent == checkpoints_dir else None
         if guard is not None:
             guard.load_state_dict(state["spike_guard"])
         # Another rank count means other ranks' streams; fine-tuning checkpoints of before the shared
@@ -144,9 +158,19 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task]) -> 
             checkpoint.restore_rng(state["rng"][rank])
         task.load_state_dict(state)
         log.info("resumed from %s at step %d", resume.checkpoint, step)
+    total_steps = task.total_steps  # after the resume: an accepted change of batch re-divides the rest
+    watchdog.beat()
 
-    if not checkpoint.start_run(run_dir, cfg, rank, step, total_steps):
+    if step >= total_steps:
+        log.info("%s is complete (%d of %d steps); nothing to do", run_dir, step, total_steps)
+        watchdog.stop()
         return 0
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        dropped = rewind_metrics(run_dir, step if resume is not None else -1)
+        if dropped:
+            log.info("metrics.jsonl: %d rows logged after step %d by an earlier job dropped", dropped, step)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics = MetricsLogger(run_dir, rank == 0, cfg.wandb, resolved, wandb_run_id)  # type: ignore[arg-type]
     wandb_run_id = gather_objects(metrics.run_id, world_size)[0]
@@ -154,16 +178,19 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task]) -> 
              setup.accum, setup.precision, world_size)
     task.start(step, metrics, resumed=resume is not None)
     evaluations = task.evaluations()
+    watchdog.beat()
 
     def save_checkpoint() -> None:
         trainer_state = {"step": step, "world_size": world_size, "global_batch_size": global_batch,
-                         "total_steps": total_steps, "wandb_run_id": wandb_run_id, **task.state_dict(step)}
+                         "total_steps": total_steps, "wandb_run_id": wandb_run_id, "identity": identity,
+                         **task.state_dict(step)}
         if guard is not None:
             trainer_state["spike_guard"] = guard.state_dict()
         trainer_state["rng"] = gather_objects(checkpoint.rng_state(), world_size)
         export = (lambda weights, folder: task.export(engine, weights, folder)) if cfg.checkpoint.export_model else None
         path = checkpoint.save(engine, checkpoints_dir, step, trainer_state, cfg.checkpoint.keep_last, export)
         log.info("checkpoint %s", path)
+        watchdog.beat()
 
     stop = StopRequest()
     stop_at = int(cfg.train.stop_at_step) if cfg.train.get("stop_at_step") else None
@@ -212,9 +239,11 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task]) -> 
                 log.warning("rolled back to %s; continuing with the data after step %d", last.name, step)
 
         done = step == total_steps
+        watchdog.beat()
         for evaluation in evaluations:
             if evaluation.due(step, done):
                 evaluation.run(engine, step, metrics)
+                watchdog.beat()
         stopping = stop.agreed() or step == stop_at
         if done or stopping or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             save_checkpoint()
@@ -225,6 +254,7 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task]) -> 
             exit_code = EXIT_REQUEUE
             break
 
+    watchdog.stop()
     task.close()
     if step:
         log.info("metrics in %s", metrics.path)

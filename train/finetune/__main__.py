@@ -8,10 +8,9 @@ conf/finetune.yaml and a task from conf/task/. A refusal is one line on stderr a
 
 from __future__ import annotations
 
-from train.distributed import strip_launcher_args
-from train.finetune.task import FinetuneTask
+from train.launch_env import strip_launcher_args
 from train.preflight import training_command
 
 if __name__ == "__main__":
     strip_launcher_args()
-    training_command("finetune", "finetune", FinetuneTask)()
+    training_command("finetune", "finetune", "train.finetune.task:FinetuneTask")()

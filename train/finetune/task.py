@@ -45,10 +45,10 @@ HEAD_FILE = "head.safetensors"
 TASK_FILE = "task.json"
 
 
-def example_order(step: int, global_batch: int, n_examples: int, seed: int) -> list[int]:
-    """Example indices of global batch `step`: positions [step*B, (step+1)*B) of the epochs laid end
-    to end, each epoch a permutation seeded by (seed, epoch)."""
-    positions = range(step * global_batch, (step + 1) * global_batch)
+def example_order(first: int, global_batch: int, n_examples: int, seed: int) -> list[int]:
+    """Example indices of the global batch at positions [first, first+B) of the epochs laid end to end,
+    each epoch a permutation seeded by (seed, epoch)."""
+    positions = range(first, first + global_batch)
     permutations = {epoch: np.random.default_rng([seed, epoch]).permutation(n_examples)
                     for epoch in {p // n_examples for p in positions}}
     return [int(permutations[p // n_examples][p % n_examples]) for p in positions]
@@ -105,8 +105,6 @@ class FinetuneTask:
 
         self.cfg, self.setup = cfg, setup
         self.spec = spec = TaskSpec.from_cfg(cfg.task)
-        if cfg.init is None:
-            raise Refusal("init=PATH is required: the pretraining run dir, checkpoint dir or saved-model dir")
         try:
             self.model_dir = resolve_model_dir(cfg.init)
         except ValueError as bad:
@@ -128,6 +126,7 @@ class FinetuneTask:
         self.pad_id = eos_id if eos_id is not None else 0
 
         self.global_batch, self.micro_batch = cfg.train.global_batch_size, cfg.train.micro_batch_size
+        self.resumed_at = (0, 0)  # (step, examples consumed) of the checkpoint resumed from
         self.total_steps = max(1, math.ceil(cfg.train.epochs * len(self.train_set) / self.global_batch))
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, int(cfg.train.max_steps))
@@ -144,14 +143,25 @@ class FinetuneTask:
                 f"{len(self.train_set)} train / {len(self.val_set)} validation examples")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing to take back: the data order is a function of the step."""
+        """The data position: examples consumed at the resumed step (an accepted change of batch
+        re-divides the rest of the epochs)."""
+        step, consumed = state["step"], state.get("examples_consumed", state["step"] * self.global_batch)
+        self.resumed_at = (step, consumed)
+        self.total_steps = step + max(0, math.ceil((self.cfg.train.epochs * len(self.train_set) - consumed)
+                                                   / self.global_batch))
+        if self.cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, int(self.cfg.train.max_steps))
+
+    def examples_consumed(self, step: int) -> int:
+        resumed_step, resumed_examples = self.resumed_at
+        return resumed_examples + (step - resumed_step) * self.global_batch
 
     def start(self, step: int, metrics: MetricsLogger, resumed: bool) -> None:
         """Nothing to prepare: examples are tokenized up front."""
 
     def batches(self, step: int) -> list[Batch]:
         accum = self.setup.accum
-        mine = example_order(step, self.global_batch, len(self.train_set), self.cfg.seed)
+        mine = example_order(self.examples_consumed(step), self.global_batch, len(self.train_set), self.cfg.seed)
         mine = mine[self.setup.rank * self.micro_batch * accum:]
         return [collate([self.train_set[i] for i in mine[k * self.micro_batch:(k + 1) * self.micro_batch]], self.pad_id)
                 for k in range(accum)]
@@ -161,8 +171,8 @@ class FinetuneTask:
         return {"loss": loss, "lm_loss": lm, **({"task_loss": task} if task is not None else {})}
 
     def step_metrics(self, step: int, step_time_s: float) -> dict[str, float]:
-        return {"train/examples_seen": step * self.global_batch,
-                "train/epoch": step * self.global_batch / len(self.train_set)}
+        return {"train/examples_seen": self.examples_consumed(step),
+                "train/epoch": self.examples_consumed(step) / len(self.train_set)}
 
     def evaluations(self) -> list[Evaluation]:
         return [Evaluation(self.cfg.eval.every, True, self.validate)]
@@ -174,7 +184,7 @@ class FinetuneTask:
         log.info("step %d: %s", step, " ".join(f"{k} {v:.4f}" for k, v in results.items()))
 
     def state_dict(self, step: int) -> dict[str, Any]:
-        return {"task": self.info}
+        return {"task": self.info, "examples_consumed": self.examples_consumed(step)}
 
     def export(self, engine: Any, weights: dict[str, torch.Tensor], folder: Path) -> None:
         from safetensors.torch import save_file
