@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,10 @@ def test_a_fallback_resumes_from_the_newest_verified_checkpoint(stopped_run: Pat
     log = result.stdout + result.stderr
     assert "model/model.safetensors does not match its checksum" in log
     assert f"resumed from {run_dir / 'checkpoints' / 'step00000002'} at step 2" in log
+    # the console's step line, and the work between steps announced with its duration
+    assert re.search(r"step 6/6 \| loss \d+\.\d{4} \| lr \S+ \| [\d,]+ tok/s \| mfu [\d.]+% \| [\d.]+ s/step \| "
+                     r"elapsed \d+:\d\d:\d\d \| eta 0:00:00", log), log[-3000:]
+    assert re.search(r"checkpoint \S+step00000006 written in [\d.]+ s", log)
     records = read_metrics(run_dir)
     assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
     assert [r["train/samples_seen"] for r in records if "train/loss" in r] == [8 * s for s in range(1, 7)]

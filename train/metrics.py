@@ -49,6 +49,26 @@ def default_peak_flops(precision: str) -> float:
     return measure_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def console_line(step: int, total_steps: int, values: dict[str, Any], elapsed_s: float, steps_run: int) -> str:
+    """A logged step as the console shows it (rank 0), nanoGPT/litgpt style: progress, loss, lr,
+    throughput, MFU, elapsed time of this job and the time left at its average step time so far."""
+    parts = [f"step {step}/{total_steps}", f"loss {values['train/loss']:.4f}", f"lr {values['train/lr']:.2e}"]
+    if "train/tokens_per_sec" in values:
+        parts.append(f"{values['train/tokens_per_sec']:,.0f} tok/s")
+    if "train/mfu" in values:
+        parts.append(f"mfu {100 * values['train/mfu']:.1f}%")
+    parts.append(f"{values['train/step_time_s']:.2f} s/step")
+    parts.append(f"elapsed {_clock(elapsed_s)}")
+    parts.append(f"eta {_clock(elapsed_s / max(steps_run, 1) * (total_steps - step))}")
+    return " | ".join(parts)
+
+
 def max_rss_gb() -> float:
     """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

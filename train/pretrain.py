@@ -115,7 +115,9 @@ class PretrainTask:
 
     def evaluations(self) -> list[Evaluation]:
         every, sample_every = self.cfg.eval.every, self.cfg.eval.sample_every
-        return [Evaluation(every, bool(every), self.evaluate), Evaluation(sample_every, bool(sample_every), self.sample)]
+        validation = "validation" + (" and zero-shot scoring" if self.cfg.eval.tasks else "")
+        return [Evaluation(every, bool(every), self.evaluate, validation),
+                Evaluation(sample_every, bool(sample_every), self.sample, "sample generation")]
 
     def evaluate(self, engine: Any, step: int, metrics: MetricsLogger) -> None:
         cfg, rank, world_size = self.cfg, self.setup.rank, self.setup.world_size

@@ -31,7 +31,7 @@ from torch import nn
 from train import checkpoint
 from train.distributed import gather_objects, init_distributed, mean_across_ranks, threads_per_rank
 from train.ds_config import build_ds_config, resolve_precision, start_engine
-from train.metrics import MetricsLogger, max_rss_gb
+from train.metrics import MetricsLogger, console_line, max_rss_gb
 from train.optim import lr_at
 from train.preflight import grad_accum_steps
 from train.run_dir import REQUEUE_MARKER, resume_request, rewind_metrics
@@ -59,6 +59,7 @@ class Evaluation:
     every: int
     at_end: bool
     run: Callable[[Any, int, MetricsLogger], None]  # (engine, step, metrics)
+    name: str  # for the console: "validation", "samples", ...
 
     def due(self, step: int, done: bool) -> bool:
         return bool(self.every and step % self.every == 0) or (done and self.at_end)
@@ -188,13 +189,15 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
             trainer_state["spike_guard"] = guard.state_dict()
         trainer_state["rng"] = gather_objects(checkpoint.rng_state(), world_size)
         export = (lambda weights, folder: task.export(engine, weights, folder)) if cfg.checkpoint.export_model else None
+        began = time.perf_counter()
         path = checkpoint.save(engine, checkpoints_dir, step, trainer_state, cfg.checkpoint.keep_last, export)
-        log.info("checkpoint %s", path)
+        log.info("checkpoint %s written in %.1f s", path, time.perf_counter() - began)
         watchdog.beat()
 
     stop = StopRequest()
     stop_at = int(cfg.train.stop_at_step) if cfg.train.get("stop_at_step") else None
     engine.train()
+    loop_started, first_step = time.perf_counter(), step
     exit_code = 0
     while step < total_steps:
         started = time.perf_counter()
@@ -221,13 +224,15 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
             means = mean_across_ranks(torch.stack([sums[name] for name in names]) / setup.accum).tolist()
             losses = dict(zip(names, means, strict=True))
             grad_norm = engine.get_global_grad_norm()
-            metrics.log(step, {
+            values = {
                 **{f"train/{name}": value for name, value in losses.items()}, "train/lr": lr,
                 "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "train/step_time_s": step_time, **task.step_metrics(step, step_time),
                 **({"train/skipped_steps": guard.skipped_total} if guard is not None else {}),
                 "sys/max_rss_gb": max_rss_gb(),
-            })
+            }
+            metrics.log(step, values)
+            log.info(console_line(step, total_steps, values, time.perf_counter() - loop_started, step - first_step))
             if skipped:
                 log.warning("step %d: loss %.4f looks like a spike; update skipped (%d in a row)", step,
                             losses["loss"], guard.consecutive)
@@ -242,7 +247,9 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
         watchdog.beat()
         for evaluation in evaluations:
             if evaluation.due(step, done):
+                began = time.perf_counter()
                 evaluation.run(engine, step, metrics)
+                log.info("step %d: %s took %.1f s", step, evaluation.name, time.perf_counter() - began)
                 watchdog.beat()
         stopping = stop.agreed() or step == stop_at
         if done or stopping or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):

@@ -175,7 +175,7 @@ class FinetuneTask:
                 "train/epoch": self.examples_consumed(step) / len(self.train_set)}
 
     def evaluations(self) -> list[Evaluation]:
-        return [Evaluation(self.cfg.eval.every, True, self.validate)]
+        return [Evaluation(self.cfg.eval.every, True, self.validate, "validation")]
 
     def validate(self, engine: Any, step: int, metrics: MetricsLogger) -> None:
         results = validate(engine, self.spec, self.val_set, self.cfg.eval.micro_batch_size, self.pad_id,
