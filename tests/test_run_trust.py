@@ -216,3 +216,4 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout(data_root: Path, tmp_pat
     stderr = logs[0].read_text()
     assert ranks[0].returncode == 75, stderr[-2000:]
     assert "train: rank 0 made no progress for" in stderr and "train.collective_timeout_s=10" in stderr
+    assert (run_dir / "REQUEUE").is_file(), "slurm/pretrain.sh requeues the job on the marker"

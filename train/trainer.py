@@ -120,7 +120,7 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
     rank, world_size = dist_env.rank, dist_env.world_size
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(message)s")
-    watchdog = ProgressWatchdog(cfg.train.collective_timeout_s, rank)
+    watchdog = ProgressWatchdog(cfg.train.collective_timeout_s, rank, Path(cfg.run_dir) / REQUEUE_MARKER)
     torch.set_num_threads(threads_per_rank(cfg, world_size))
     global_batch = cfg.train.global_batch_size
     setup = RunSetup(rank, world_size, resolve_precision(cfg.precision),

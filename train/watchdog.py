@@ -5,25 +5,28 @@ disappeared, the others would wait forever: gloo's own timeout covers gloo opera
 DeepSpeed's shared-memory kernel (train/cpu_shm_collectives.py) spins without one. So the trainer
 marks progress (`beat`) between phases: each step, each evaluation, each checkpoint. A watcher
 thread that sees no progress for `train.collective_timeout_s` prints one line and exits with code 75
-(requeue me), so Slurm's requeue (slurm/pretrain.sh) or a resubmission resumes from the last
-verified checkpoint. A native timer (faulthandler) backs it up in case the stuck call holds the GIL:
+(requeue me; rank 0 also leaves the requeue marker, since srun reports the status of the ranks it
+killed), so Slurm's requeue (slurm/pretrain.sh) or a resubmission resumes from the last verified
+checkpoint. A native timer (faulthandler) backs it up in case the stuck call holds the GIL:
 it dumps the stacks and exits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 from train.signals import EXIT_REQUEUE
 
 
 class ProgressWatchdog:
-    def __init__(self, timeout_s: float, rank: int) -> None:
-        self.timeout_s, self.rank = timeout_s, rank
+    def __init__(self, timeout_s: float, rank: int, requeue_marker: Path) -> None:
+        self.timeout_s, self.rank, self.requeue_marker = timeout_s, rank, requeue_marker
         self.last_beat = time.monotonic()
         self.beat()
         threading.Thread(target=self._watch, name="progress-watchdog", daemon=True).start()
@@ -41,6 +44,9 @@ class ProgressWatchdog:
                       f"{self.timeout_s:g}): a collective waits for a rank that stopped or whose node is gone; "
                       f"exiting with {EXIT_REQUEUE} so the job is requeued and resumes from its last checkpoint",
                       file=sys.stderr, flush=True)
+                if self.rank == 0:
+                    with contextlib.suppress(OSError):  # exiting matters more than the marker
+                        self.requeue_marker.write_text("no progress\n")
                 os._exit(EXIT_REQUEUE)
 
     def stop(self) -> None:
