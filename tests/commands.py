@@ -16,7 +16,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # the real sample corpus `make data` fetches (python -m curation.sample_data dest=data/raw)
 SAMPLE_CORPUS = Path(os.environ.get("GPTPIPE_RAW_ROOT", REPO / "data" / "raw"))
-TEST_ENV = {"DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+# DeepSpeed on CPU unless the caller chose its accelerator (`make gpu-check` sets cuda)
+TEST_ENV = {"DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
 def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

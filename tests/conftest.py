@@ -2,7 +2,8 @@
 
 A `slurm` test needs the local cluster (`slurm/local-cluster.sh up`, done by `make test`). Without
 one it is skipped with the reason; with CI=true a missing cluster fails the run instead, so CI can
-never pass by skipping the real thing.
+never pass by skipping the real thing. A `gpu` test skips without CUDA devices (CI has none;
+`make gpu-check` runs them where there are).
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def _require(available: bool, what: str) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("slurm"):
         _require(_cluster_answers(), "no Slurm cluster answers `sinfo`: run `make cluster` (slurm/local-cluster.sh up)")
+    gpu = item.get_closest_marker("gpu")
+    if gpu:
+        import torch
+
+        needed = gpu.kwargs.get("devices", 1)
+        if torch.cuda.device_count() < needed:
+            pytest.skip(f"needs {needed} CUDA device(s), this machine has {torch.cuda.device_count()}")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ The wandb run id is kept in the checkpoint so a resumed or requeued job continue
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import resource
 import sys
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from data_contract import write_atomic
 
 # Vendors' dense tensor-core peaks; fp32 is taken as half (TF32 is not what the trainer runs).
 GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10": 125e12}
@@ -41,12 +45,46 @@ def measure_matmul_flops(dtype: torch.dtype, size: int = 2048, budget_s: float =
 
 
 def default_peak_flops(precision: str) -> float:
-    """Per-rank peak for MFU when `metrics.peak_flops` is not set: a GPU's datasheet, a CPU's measured rate."""
+    """Per-rank peak for MFU when `metrics.peak_flops` is not set: a GPU's datasheet, a CPU's measured rate.
+
+    A GPU missing from the table gets no guessed peak: NaN (MFU is then not reported) and one warning
+    naming the device and the setting that supplies it.
+    """
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        peak = next((value for model, value in GPU_PEAK_BF16.items() if model in name), GPU_PEAK_BF16["A100"])
+        peak = next((value for model, value in GPU_PEAK_BF16.items() if model in name), None)
+        if peak is None:
+            logging.getLogger("train").warning(
+                "MFU not reported: %s is not in train/metrics.py's table of GPU peaks; set metrics.peak_flops "
+                "(dense %s FLOP/s of one device)", name, precision)
+            return float("nan")
         return peak if precision == "bf16" else peak / 2
-    return measure_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
+    return machine_matmul_flops(precision)
+
+
+def machine_matmul_flops(precision: str) -> float:
+    """This CPU's measured matmul rate at this thread count, measured once per machine and kept in
+    `~/.cache/gptpipe/matmul_peak.json` (or $GPTPIPE_CACHE), so later runs do not spend their start-up on it."""
+    cache = Path(os.environ.get("GPTPIPE_CACHE", Path.home() / ".cache" / "gptpipe")) / "matmul_peak.json"
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+               "unknown cpu")
+    key = f"{cpu} | {torch.get_num_threads()} threads | {precision} | torch {torch.__version__}"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = measure_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
+        with contextlib.suppress(OSError):  # a read-only home only costs the next run the measurement
+            write_atomic(cache, json.dumps(known, indent=1) + "\n")
+    return float(known[key])
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def _clock(seconds: float) -> str:
@@ -67,6 +105,34 @@ def console_line(step: int, total_steps: int, values: dict[str, Any], elapsed_s:
     parts.append(f"elapsed {_clock(elapsed_s)}")
     parts.append(f"eta {_clock(elapsed_s / max(steps_run, 1) * (total_steps - step))}")
     return " | ".join(parts)
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux /proc; 0 elsewhere): imports happen before any clock of ours."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+
+
+class StartupClock:
+    """Where the time from process start to the end of the first step goes, as one console line."""
+
+    def __init__(self) -> None:
+        self.phases = [("imports and checks", process_age_s())]
+        self.last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases.append((phase, now - self.last))
+        self.last = now
+
+    def line(self) -> str:
+        total = sum(seconds for _, seconds in self.phases)
+        parts = ", ".join(f"{phase} {seconds:.1f}" for phase, seconds in self.phases)
+        return f"start-up: {total:.1f} s from process start to the end of the first step ({parts})"
 
 
 def max_rss_gb() -> float:

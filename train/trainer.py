@@ -31,7 +31,7 @@ from torch import nn
 from train import checkpoint
 from train.distributed import gather_objects, init_distributed, mean_across_ranks, threads_per_rank
 from train.ds_config import build_ds_config, resolve_precision, start_engine
-from train.metrics import MetricsLogger, console_line, max_rss_gb
+from train.metrics import MetricsLogger, StartupClock, console_line, max_rss_gb
 from train.optim import lr_at
 from train.preflight import grad_accum_steps
 from train.run_dir import REQUEUE_MARKER, resume_request, rewind_metrics
@@ -115,9 +115,11 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
 
     `cfg` and `identity` come from the checks before training (train/preflight.py).
     """
+    startup = StartupClock()
     # gloo's own timeout lies beyond the watchdog's, so a hang ends with the watchdog's line.
     dist_env = init_distributed(timeout_s=2 * cfg.train.collective_timeout_s + 60)
     rank, world_size = dist_env.rank, dist_env.world_size
+    startup.mark("process group")
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(message)s")
     watchdog = ProgressWatchdog(cfg.train.collective_timeout_s, rank, Path(cfg.run_dir) / REQUEUE_MARKER)
@@ -127,6 +129,7 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
                      grad_accum_steps(global_batch, cfg.train.micro_batch_size, world_size))
     torch.manual_seed(cfg.seed)
     task = build_task(cfg, setup)
+    startup.mark("task")
 
     run_dir = Path(cfg.run_dir)
     checkpoints_dir = run_dir / "checkpoints"
@@ -160,6 +163,7 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
         task.load_state_dict(state)
         log.info("resumed from %s at step %d", resume.checkpoint, step)
     total_steps = task.total_steps  # after the resume: an accepted change of batch re-divides the rest
+    startup.mark("engine" + (" and resume" if resume is not None else ""))
     watchdog.beat()
 
     if step >= total_steps:
@@ -175,10 +179,12 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
     resolved = OmegaConf.to_container(cfg, resolve=True)
     metrics = MetricsLogger(run_dir, rank == 0, cfg.wandb, resolved, wandb_run_id)  # type: ignore[arg-type]
     wandb_run_id = gather_objects(metrics.run_id, world_size)[0]
+    startup.mark("metrics and wandb")
     log.info("%s; %d steps of %d; grad accum %d; %s; %d ranks", task.describe(), total_steps, global_batch,
              setup.accum, setup.precision, world_size)
     task.start(step, metrics, resumed=resume is not None)
     evaluations = task.evaluations()
+    startup.mark("task start")
     watchdog.beat()
 
     def save_checkpoint() -> None:
@@ -233,6 +239,9 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
             }
             metrics.log(step, values)
             log.info(console_line(step, total_steps, values, time.perf_counter() - loop_started, step - first_step))
+        if step == first_step + 1:
+            startup.mark("first step")
+            log.info(startup.line())
             if skipped:
                 log.warning("step %d: loss %.4f looks like a spike; update skipped (%d in a row)", step,
                             losses["loss"], guard.consecutive)
