@@ -11,6 +11,15 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
                 "BOOT_FAIL", "DEADLINE"}
 
 
+def cluster_answers() -> bool:
+    """Whether a Slurm cluster answers `sinfo` on this machine."""
+    try:
+        result = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
 def submit(script: Path | str, *args: str, sbatch_options: tuple[str, ...] = (), cwd: Path | None = None) -> str:
     result = subprocess.run(["sbatch", "--parsable", *sbatch_options, str(script), *args],
                             capture_output=True, text=True, cwd=cwd, check=False)

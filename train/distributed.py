@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -40,9 +41,25 @@ def init_distributed(timeout_s: float = 1800.0) -> DistEnv:
         torch.cuda.set_device(dist_env.local_rank)
     deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl", auto_mpi_discovery=False,
                                timeout=timedelta(seconds=timeout_s))
-    if on_cpu:
-        cpu_shm_collectives.install(ds_comm.cdb)
+    global _collectives
+    _collectives = "nccl" if not on_cpu else (
+        "shared memory (DeepSpeed's kernel) for ZeRO-3's reduce-scatter and all-gather, gloo otherwise"
+        if cpu_shm_collectives.install(ds_comm.cdb) else "gloo")
     return dist_env
+
+
+_collectives = "none: one process"
+
+
+def collectives() -> str:
+    """What the process group's collectives run on, for the log (the shared-memory kernel only when every
+    rank is on this machine)."""
+    return _collectives
+
+
+def rank_hosts(world_size: int) -> str:
+    """`rank@host` of every rank (collective), e.g. `0@node1, 1@node2`."""
+    return ", ".join(f"{rank}@{host}" for rank, host in enumerate(gather_objects(socket.gethostname(), world_size)))
 
 
 def gather_objects(obj: Any, world_size: int) -> list[Any]:

@@ -29,7 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from train import checkpoint
-from train.distributed import gather_objects, init_distributed, mean_across_ranks, threads_per_rank
+from train.distributed import (
+    collectives,
+    gather_objects,
+    init_distributed,
+    mean_across_ranks,
+    rank_hosts,
+    threads_per_rank,
+)
 from train.ds_config import build_ds_config, resolve_precision, start_engine
 from train.metrics import MetricsLogger, StartupClock, console_line, max_rss_gb
 from train.optim import lr_at
@@ -122,6 +129,7 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
     startup.mark("process group")
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank{rank}] %(message)s")
+    log.info("ranks: %s; collectives: %s", rank_hosts(world_size), collectives())
     watchdog = ProgressWatchdog(cfg.train.collective_timeout_s, rank, Path(cfg.run_dir) / REQUEUE_MARKER)
     torch.set_num_threads(threads_per_rank(cfg, world_size))
     global_batch = cfg.train.global_batch_size

@@ -1,0 +1,123 @@
+"""Two nodes for real: `sbatch --nodes=2 slurm/pretrain.sh` on a local cluster of two nodes.
+
+`slurm/local-cluster.sh up --nodes 2` makes each node a network namespace with its own hostname,
+/dev/shm and address, so the ranks of one job meet over an address, as between machines. This module
+brings the two nodes up and puts the one-node cluster back when it is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.commands import REPO, require
+from tests.slurm_jobs import job_field, submit, wait_for
+from tests.train_fixtures import make_data_root
+
+SMALL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
+         "train.micro_batch_size=4", "train.global_batch_size=8", "eval.every=0", "eval.sample_every=0",
+         "precision=fp32"]
+TWO_NODES = ("--nodes=2", "--ntasks-per-node=1")
+CLUSTER = REPO / "slurm" / "local-cluster.sh"
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_nodes() -> Iterator[None]:
+    require(os.geteuid() == 0, "a two-node local cluster needs root (network namespaces)")
+    result = subprocess.run([str(CLUSTER), "up", "--nodes", "2"], capture_output=True, text=True)
+    require(result.returncode == 0, f"no two-node local cluster: {result.stdout[-1000:]}{result.stderr[-1000:]}")
+    yield
+    subprocess.run([str(CLUSTER), "up", "--nodes", "1"], capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Path:
+    return make_data_root(tmp_path_factory.mktemp("data"), sample_corpus, seq_len=64)
+
+
+def sbatch_pretrain(run_dir: Path, data_root: Path, layout: tuple[str, ...], *overrides: str) -> str:
+    return submit(REPO / "slurm" / "pretrain.sh", f"run_dir={run_dir}", f"paths.data_root={data_root}", *SMALL,
+                  *overrides, sbatch_options=(*layout, f"--output={run_dir.parent}/%x-%j.out"), cwd=REPO)
+
+
+def job_log(run_dir: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted((run_dir / "logs").glob("*.out")))
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
+        time.sleep(0.3)
+
+
+def test_two_nodes_train_as_one_node_does_and_share_memory_only_within_a_node(tmp_path: Path,
+                                                                              data_root: Path) -> None:
+    across, within = tmp_path / "across" / "run", tmp_path / "within" / "run"
+    for run_dir in (across, within):
+        run_dir.parent.mkdir(parents=True)
+    jobs = [sbatch_pretrain(across, data_root, TWO_NODES, "train.max_steps=4"),
+            sbatch_pretrain(within, data_root, ("--nodes=1", "--ntasks-per-node=2"), "train.max_steps=4")]
+    for job, run_dir in zip(jobs, (across, within), strict=True):
+        assert wait_for(job, timeout_s=600) == "COMPLETED", job_log(run_dir)[-3000:]
+    assert "ranks: 0@node1, 1@node2; collectives: gloo" in job_log(across)
+    assert "collectives: shared memory" in job_log(within), "the kernel serves ranks of one node"
+    expected, measured = losses(within), losses(across)
+    assert sorted(measured) == [1, 2, 3, 4]
+    for step, loss in expected.items():
+        assert measured[step] == pytest.approx(loss, rel=1e-6, abs=0)
+
+
+def test_preemption_across_nodes_requeues_and_resumes_into_one_run(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    job = sbatch_pretrain(run_dir, data_root, TWO_NODES, "train.max_steps=12", "checkpoint.every=1000")
+    wait_until(lambda: (run_dir / "metrics.jsonl").is_file() and len(losses(run_dir)) >= 3, 300, "a few steps")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    wait_until(lambda: job_field(job, "Restarts") == "1", 300, "the job to requeue itself")
+    wait_until(lambda: "resumed from" in job_log(run_dir), 600, "the requeued job to resume")
+    state = wait_for(job, timeout_s=600)
+    log = job_log(run_dir)
+    assert state == "COMPLETED", log[-3000:]
+    assert log.count("ranks: 0@node1, 1@node2") == 2, "both runs of the job span both nodes"
+    assert sorted(losses(run_dir)) == list(range(1, 13))
+    assert len({p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}) == 1
+
+
+def _rank_on(node: str, run_dir: Path) -> int:
+    found = subprocess.run(["pgrep", "-f", "--", f"-m train run_dir={run_dir} "], capture_output=True, text=True)
+    for pid in map(int, found.stdout.split()):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"SLURMD_NODENAME={node}".encode() in environ:
+            return pid
+    raise AssertionError(f"no rank of {run_dir} on {node}")
+
+
+def test_a_killed_rank_on_the_second_node_ends_the_job_and_one_node_continues(tmp_path: Path,
+                                                                              data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    job = sbatch_pretrain(run_dir, data_root, TWO_NODES, "train.max_steps=20", "checkpoint.every=5")
+    wait_until(lambda: (run_dir / "checkpoints" / "step00000005" / "trainer_state.json").is_file(), 300,
+               "the step-5 checkpoint")
+    os.kill(_rank_on("node2", run_dir), signal.SIGKILL)
+    assert wait_for(job, timeout_s=120) in {"FAILED", "CANCELLED"}, "the job ends instead of hanging"
+    # resubmitted as one rank on one node: the two-rank checkpoint goes through the universal format
+    resubmitted = sbatch_pretrain(run_dir, data_root, ("--nodes=1", "--ntasks-per-node=1"), "train.max_steps=20",
+                                  "checkpoint.every=5")
+    assert wait_for(resubmitted, timeout_s=600) == "COMPLETED", job_log(run_dir)[-3000:]
+    log = job_log(run_dir)
+    assert "resumed from" in log and (run_dir / "checkpoints" / "universal").is_dir()
+    assert sorted(losses(run_dir)) == list(range(1, 21)), "steps continue once, without a gap"
