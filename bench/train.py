@@ -2,9 +2,9 @@
 
     python -m bench.train [--steps 20] [--rounds 2] [--compile]   # from the repo root
 
-Ours: `python -m train` under `deepspeed --num_gpus 2` (ZeRO-3, 2 ranks x 1 thread, bf16), with its
+Ours: `python -m train` under `deepspeed --num_gpus 2` (ZeRO-3, 2 ranks x 1 thread), with its
 data loading, spike guard and metrics; tokens/s from its metrics.jsonl. Theirs: GPT2LMHeadModel in
-this process with 2 threads, bf16 autocast, fused AdamW with the same hyperparameters and gradient
+this process with 2 threads, the same precision (bf16 autocast), fused AdamW with the same hyperparameters and gradient
 clipping, on the same plan batches (built before timing). Trainer runs and HF runs alternate; each
 figure is the median step time after warm-up over all rounds. Also: the share of the trainer's step
 time spent waiting for data, and rank 0's peak RSS with 2 ranks vs 1 rank (ZeRO-3 shards parameters,
@@ -32,11 +32,14 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from model import GPT, GPTConfig
 from model.flops import flops_per_token
 from train.data import MixtureData
+from train.ds_config import cpu_has_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "train.json"
 SHAPE = {"n_layer": 6, "n_embd": 384, "n_head": 6}
 MICRO_BATCH, RANKS = 8, 2
+# bf16 where the CPU computes it fast (AMX, AVX512-BF16), else fp32 for both: emulated bf16 would time the emulation
+PRECISION = "bf16" if cpu_has_bf16() else "fp32"
 GLOBAL_BATCH = MICRO_BATCH * RANKS
 CORES = 2
 WARMUP_STEPS = 3  # first steps: oneDNN kernel selection, allocator growth, ZeRO-3 trace recording
@@ -69,7 +72,7 @@ def free_port() -> int:
 def run_trainer(ranks: int, steps: int, root: Path, run_dir: Path, *extra: str) -> list[dict]:
     """One `python -m train` under the deepspeed launcher; returns its metrics.jsonl records."""
     overrides = [
-        f"run_dir={run_dir}", f"paths.data_root={root}", "mixture=demo", "precision=bf16",
+        f"run_dir={run_dir}", f"paths.data_root={root}", "mixture=demo", f"precision={PRECISION}",
         *(f"model.{key}={value}" for key, value in SHAPE.items()),
         f"train.micro_batch_size={MICRO_BATCH}", f"train.global_batch_size={GLOBAL_BATCH}",
         f"train.threads_per_rank={CORES // ranks}", f"train.max_steps={steps}", "train.resume=never",
@@ -114,7 +117,7 @@ class HFRun:
         times = []
         for inputs in self.batches:
             started = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
                 loss = self.model(input_ids=inputs, labels=inputs).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -177,7 +180,7 @@ def main() -> None:
     labels = {"trainer": f"trainer {RANKS} ranks x 1 thread", "trainer_compile": "  same, train.compile=true",
               "trainer_1rank": f"trainer 1 rank x {CORES} threads", "hf": f"HF GPT2LMHeadModel, {CORES} threads"}
     print(f"GPT {SHAPE['n_layer']}x{SHAPE['n_embd']}x{SHAPE['n_head']}h, vocab {data.vocab_size}, seq {seq}, "
-          f"global batch {GLOBAL_BATCH}, bf16, {data_source}; {flops / 1e6:.1f} MFLOP/token; peak "
+          f"global batch {GLOBAL_BATCH}, {PRECISION}, {data_source}; {flops / 1e6:.1f} MFLOP/token; peak "
           f"{peak_per_rank / 1e12:.2f} TFLOP/s per rank (trainer's probe) x {RANKS}")
     print(f"{'case':<32} {'tok/s':>7} {'MFU':>6} {'step s':>7} {'data wait':>9} {'rank-0 RSS GB':>13}")
     for name, figures in cases.items():
@@ -197,7 +200,7 @@ def main() -> None:
         "cores": CORES, "steps": args.steps, "warmup_steps": WARMUP_STEPS, "rounds": args.rounds,
         "data": data_source, "parameters": params, "model_state_gb": model_state_gb, "flops_per_token": flops, "peak_flops_per_rank": peak_per_rank, "cases": cases,
         "ratio_vs_hf": ratios, "targets": {"ratio_vs_hf": TARGET_RATIO, "data_wait_share": TARGET_WAIT},
-        "cpu": platform.processor(), "torch": torch.__version__,
+        "cpu": platform.processor(), "torch": torch.__version__, "precision": PRECISION,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
