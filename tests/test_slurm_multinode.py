@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.commands import REPO, require
+from tests.commands import REPO, require, run_module
+from tests.curation_fixtures import read_docs
 from tests.slurm_jobs import job_field, submit, wait_for
 from tests.train_fixtures import make_data_root
 
@@ -121,3 +123,34 @@ def test_a_killed_rank_on_the_second_node_ends_the_job_and_one_node_continues(tm
     log = job_log(run_dir)
     assert "resumed from" in log and (run_dir / "checkpoints" / "universal").is_dir()
     assert sorted(losses(run_dir)) == list(range(1, 21)), "steps continue once, without a gap"
+
+
+def _nodes_of_jobs_named(prefix: str) -> set[str]:
+    """Nodes of every job (array tasks included) whose name starts with `prefix`, finished ones too
+    (slurmctld keeps them for MinJobAge)."""
+    shown = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True).stdout
+    nodes = set()
+    for line in shown.splitlines():
+        name, node_list = re.search(r"\bJobName=(\S+)", line), re.search(r"\bNodeList=(\S+)", line)
+        if name and node_list and name.group(1).startswith(prefix) and node_list.group(1) != "(null)":
+            hosts = subprocess.run(["scontrol", "show", "hostnames", node_list.group(1)], capture_output=True,
+                                   text=True).stdout
+            nodes.update(hosts.split())
+    return nodes
+
+
+def test_curation_array_tasks_spread_over_both_nodes_and_match_the_local_executor(tmp_path: Path,
+                                                                                  sample_corpus: Path) -> None:
+    # A task that needs a whole node's CPUs makes Slurm place concurrent tasks on both nodes.
+    common = [f"paths.raw_root={sample_corpus}", "only=[webtext2]", "sources.webtext2.tasks=4"]
+    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
+    cpus = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    job = submit(REPO / "slurm" / "curate.sh", f"paths.data_root={on_slurm}", *common, "executor.job_name_prefix=mn",
+                 f"executor.cpus_per_task={cpus}", sbatch_options=(f"--output={tmp_path}/submit-%j.out",), cwd=REPO)
+    assert wait_for(job, timeout_s=300) == "COMPLETED"
+    report = on_slurm / "report" / "curation.md"
+    wait_until(report.exists, 900, f"the submitted stages to write {report}")
+    assert {"node1", "node2"} <= _nodes_of_jobs_named("mn"), "the array tasks ran on both nodes"
+    run_module("curation.run", f"paths.data_root={local}", *common, check=True)
+    curated = [read_docs(root / "curated" / "webtext2") for root in (on_slurm, local)]
+    assert curated[0] and sorted(curated[0], key=lambda d: d["id"]) == sorted(curated[1], key=lambda d: d["id"])
