@@ -231,3 +231,15 @@ def test_summary_command_reads_a_run_dir(tmp_path: Path) -> None:
     assert "the model is below it" in result.stdout
     missing = run_module("train.summary", f"run_dir={tmp_path / 'none'}")
     assert missing.returncode == 1 and "summary: no " in missing.stderr
+
+
+def test_progress_lines_show_long_work_and_leave_short_work_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    from train.metrics import Progress
+
+    caplog.set_level("INFO", logger="train")
+    long, short = Progress("zero-shot set, items", 3, True, every_s=0.0), Progress("quick", 3, True, every_s=1e9)
+    for done in (1, 2, 3):
+        long.update(done)
+        short.update(done)
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(" (")[0] for line in lines] == [f"zero-shot set, items: {n}/3" for n in (1, 2, 3)]

@@ -8,6 +8,7 @@ Config: conf/evaluate.yaml.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from train.zero_shot import set_name, zero_shot_metrics
 def main(cfg: DictConfig) -> None:
     import sentencepiece as spm
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # progress of long sets
     try:
         if cfg.init is None or not cfg.tasks:
             raise ValueError("give init=RUN_CHECKPOINT_OR_MODEL_DIR and tasks=[path.jsonl, ...]")

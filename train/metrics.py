@@ -117,6 +117,22 @@ def process_age_s() -> float:
     return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
 
 
+class Progress:
+    """`<what>: done/total (elapsed)` on the console every `every_s` seconds, and at the end of one that
+    printed along the way: a long evaluation shows it moves, a short one stays quiet."""
+
+    def __init__(self, what: str, total: int, enabled: bool, every_s: float = 30.0) -> None:
+        self.what, self.total, self.enabled, self.every_s = what, total, enabled, every_s
+        self.started = self.last = time.perf_counter()
+        self.printed = False
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if self.enabled and (now - self.last >= self.every_s or (done == self.total and self.printed)):
+            self.last, self.printed = now, True
+            logging.getLogger("train").info("%s: %d/%d (%s)", self.what, done, self.total, _clock(now - self.started))
+
+
 class StartupClock:
     """Where the time from process start to the end of the first step goes, as one console line."""
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from train.data import MixtureData
 from train.distributed import accelerator
+from train.metrics import Progress
 
 
 def token_byte_lengths(spm_model: Path, vocab_size: int) -> np.ndarray:
@@ -55,13 +56,16 @@ def val_loss_metrics(engine: Any, data: MixtureData, token_bytes: np.ndarray, ba
     total_nats = total_tokens = total_bytes = 0.0
     for source in data.sources:
         nats = tokens = n_bytes = 0.0
-        for batch in data.val_batches(source, batch_size, max_batches, rank, world_size):
+        batches = data.val_batches(source, batch_size, max_batches, rank, world_size)
+        progress = Progress(f"validation {source.name}, batches of rank 0", len(batches), rank == 0)
+        for done, batch in enumerate(batches, 1):
             logits = engine(batch[:, :-1])
             targets = batch[:, 1:]
             loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
             nats += loss.item()
             tokens += targets.numel()
             n_bytes += float(byte_table[targets].sum())
+            progress.update(done)
         nats, tokens, n_bytes = _all_reduce_sum([nats, tokens, n_bytes])
         if tokens == 0:
             continue

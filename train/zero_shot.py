@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from train.metrics import Progress
+
 SPLIT_NAMES = frozenset({"train", "validation", "val", "dev", "test"})
 
 
@@ -128,11 +130,13 @@ def zero_shot_metrics(engine: torch.nn.Module, paths: Sequence[str], encode: Cal
         items = load_items(path)
         rounds = -(-len(items) // world_size)
         mine: list[tuple[int, list[tuple[float, int]]]] = []
+        progress = Progress(f"zero-shot {set_name(path)}, items", len(items), rank == 0)
         for k in range(rounds):
             index = k * world_size + rank
             scores = choice_logprobs(engine, items[min(index, len(items) - 1)], encode, bos_id, block_size)
             if index < len(items):
                 mine.append((index, scores))
+            progress.update(min((k + 1) * world_size, len(items)))
         gathered: list[list[tuple[int, list[tuple[float, int]]]]] = [mine]
         if dist.is_initialized() and world_size > 1:
             gathered = [[] for _ in range(world_size)]
