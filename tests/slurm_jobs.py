@@ -5,8 +5,13 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+# The trainer settings of the sbatch tests: a model that trains in seconds, fp32, no evaluations.
+SMALL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
+         "train.micro_batch_size=4", "train.global_batch_size=8", "eval.every=0", "eval.sample_every=0",
+         "precision=fp32"]
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
                 "BOOT_FAIL", "DEADLINE"}
 
@@ -45,3 +50,16 @@ def wait_for(job_id: str, timeout_s: float, states: set[str] = FINAL_STATES) -> 
         time.sleep(1)
     subprocess.run(["scancel", job_id], check=False)
     raise TimeoutError(f"job {job_id} still {state} after {timeout_s:.0f}s (cancelled)")
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(poll_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def job_log(run_dir: Path) -> str:
+    return "\n".join(p.read_text() for p in sorted((run_dir / "logs").glob("*.out")))

@@ -12,20 +12,16 @@ import os
 import re
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.commands import REPO, require, run_module
 from tests.curation_fixtures import read_docs
-from tests.slurm_jobs import job_field, submit, wait_for
+from tests.slurm_jobs import SMALL, job_field, job_log, submit, wait_for, wait_until
 from tests.train_fixtures import make_data_root
 
-SMALL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
-         "train.micro_batch_size=4", "train.global_batch_size=8", "eval.every=0", "eval.sample_every=0",
-         "precision=fp32"]
 TWO_NODES = ("--nodes=2", "--ntasks-per-node=1")
 CLUSTER = REPO / "slurm" / "local-cluster.sh"
 
@@ -51,20 +47,9 @@ def sbatch_pretrain(run_dir: Path, data_root: Path, layout: tuple[str, ...], *ov
                   *overrides, sbatch_options=(*layout, f"--output={run_dir.parent}/%x-%j.out"), cwd=REPO)
 
 
-def job_log(run_dir: Path) -> str:
-    return "\n".join(p.read_text() for p in sorted((run_dir / "logs").glob("*.out")))
-
-
 def losses(run_dir: Path) -> dict[int, float]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what}"
-        time.sleep(0.3)
 
 
 def test_two_nodes_train_as_one_node_does_and_share_memory_only_within_a_node(tmp_path: Path,

@@ -6,19 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.commands import REPO
-from tests.slurm_jobs import job_field, submit, wait_for
+from tests.slurm_jobs import SMALL, job_field, job_log, submit, wait_for, wait_until
 from tests.train_fixtures import make_data_root
-
-SMALL = ["model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
-         "train.micro_batch_size=4", "train.global_batch_size=8", "eval.every=0", "eval.sample_every=0",
-         "precision=fp32"]
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -38,19 +32,6 @@ def train_steps(run_dir: Path) -> list[int]:
     if not path.exists():
         return []
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if "train/loss" in line]
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(poll_s)
-    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
-def job_log(run_dir: Path) -> str:
-    return "\n".join(p.read_text() for p in sorted((run_dir / "logs").glob("*.out")))
 
 
 def wandb_ids(run_dir: Path) -> set[str]:

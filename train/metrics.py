@@ -5,7 +5,6 @@ The wandb run id is kept in the checkpoint so a resumed or requeued job continue
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -16,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from data_contract import write_atomic
 
 # Vendors' dense tensor-core peaks; fp32 is taken as half (TF32 is not what the trainer runs).
 GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10": 125e12}
@@ -59,32 +56,7 @@ def default_peak_flops(precision: str) -> float:
                 "(dense %s FLOP/s of one device)", name, precision)
             return float("nan")
         return peak if precision == "bf16" else peak / 2
-    return machine_matmul_flops(precision)
-
-
-def machine_matmul_flops(precision: str) -> float:
-    """This CPU's measured matmul rate at this thread count, measured once per machine and kept in
-    `~/.cache/gptpipe/matmul_peak.json` (or $GPTPIPE_CACHE), so later runs do not spend their start-up on it."""
-    cache = Path(os.environ.get("GPTPIPE_CACHE", Path.home() / ".cache" / "gptpipe")) / "matmul_peak.json"
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
-               "unknown cpu")
-    key = f"{cpu} | {torch.get_num_threads()} threads | {precision} | torch {torch.__version__}"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key not in known:
-        known[key] = measure_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
-        with contextlib.suppress(OSError):  # a read-only home only costs the next run the measurement
-            write_atomic(cache, json.dumps(known, indent=1) + "\n")
-    return float(known[key])
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+    return measure_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
 def _clock(seconds: float) -> str:
