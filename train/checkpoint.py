@@ -36,11 +36,10 @@ import torch.distributed as dist
 
 from data_contract import Refusal, replace_folder, sha256_file, write_atomic
 from train.distributed import gather_objects
+from train.run_dir import STATE_FILE, TAG_PREFIX, complete_checkpoints, readable_state
 
-STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest"
 TMP_SUFFIX = ".tmp"
-TAG_PREFIX = "step"
 
 log = logging.getLogger("train")
 
@@ -52,33 +51,6 @@ def tag_for(step: int) -> str:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def read_state(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / STATE_FILE).read_text())
-
-
-def readable_state(checkpoint: Path) -> dict[str, Any] | None:
-    """The checkpoint's state, or None when the file is missing or not a whole JSON object."""
-    try:
-        state = read_state(checkpoint)
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
-
-
-def step_of(checkpoint: Path) -> int | None:
-    name = checkpoint.name
-    return int(name[len(TAG_PREFIX):]) if name.startswith(TAG_PREFIX) and name[len(TAG_PREFIX):].isdigit() else None
-
-
-def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """Renamed checkpoints (a folder counts once its state file is in it), oldest first by their tag's step."""
-    if not checkpoints_dir.is_dir():
-        return []
-    found = [p for p in checkpoints_dir.iterdir()
-             if p.is_dir() and step_of(p) is not None and (p / STATE_FILE).is_file()]
-    return sorted(found, key=step_of)  # type: ignore[arg-type, return-value]
 
 
 def checkpoint_files(folder: Path) -> list[str]:

@@ -89,7 +89,8 @@ def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | Non
         run_dirs.fresh_start(cfg, rank)
     else:
         own = run_dirs.newest_state(Path(cfg.run_dir))
-        found = own or (run_dirs.checkpoint_state(request) if isinstance(request, Path) else None)
+        given = run_dirs.readable_state(request) if own is None and isinstance(request, Path) else None
+        found = own or ((request, given) if given is not None else None)
         if found is not None:
             check_same_run(found[1].get("identity"), identity, list(cfg.train.accept_changes), found[0])
     return cfg, identity

@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from data_contract import Refusal, hold_lock, write_atomic
 
 CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"  # written last into a checkpoint folder
+TAG_PREFIX = "step"  # checkpoint folders are step<8 digits>
 METRICS = "metrics.jsonl"
 LOCK_FILE = ".trainer.lock"
 # Left in the run dir beside exit code 75 (train/signals.py), for launchers that see only their own status.
@@ -31,10 +33,10 @@ def resume_request(cfg: DictConfig) -> str | Path:
     if value in ("auto", "never"):
         return value
     path = Path(value)
-    if (path / "trainer_state.json").is_file():
+    if (path / STATE_FILE).is_file():
         return path.resolve()
     raise Refusal(f"train.resume={value} is not auto, never or a checkpoint folder (one holding "
-                  f"trainer_state.json, e.g. runs/<run>/{CHECKPOINTS}/step00001000); fix the value")
+                  f"{STATE_FILE}, e.g. runs/<run>/{CHECKPOINTS}/step00001000); fix the value")
 
 
 def sweep_job_run_dir(cfg: DictConfig, override_dirname: str | None) -> None:
@@ -56,23 +58,37 @@ def claim(cfg: DictConfig, rank: int) -> None:
               "another run_dir", wait_for=f"(slurm job {job})" if job else None)
 
 
-def checkpoint_state(folder: Path) -> tuple[Path, dict[str, Any]] | None:
-    """A checkpoint folder with its state, if the state file reads (its files are verified later)."""
+def step_of(checkpoint: Path) -> int | None:
+    """The step in a checkpoint folder's tag (`step00001000`), or None for any other folder."""
+    number = checkpoint.name[len(TAG_PREFIX):]
+    return int(number) if checkpoint.name.startswith(TAG_PREFIX) and number.isdigit() else None
+
+
+def complete_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Renamed checkpoints (a folder counts once its state file is in it), oldest first by their tag's step."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [p for p in checkpoints_dir.iterdir()
+             if p.is_dir() and step_of(p) is not None and (p / STATE_FILE).is_file()]
+    return sorted(found, key=step_of)  # type: ignore[arg-type, return-value]
+
+
+def readable_state(checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's state, or None when the file is missing or not a whole JSON object (its files are
+    verified by train/checkpoint.py)."""
     try:
-        state = json.loads((folder / "trainer_state.json").read_text())
+        state = json.loads((checkpoint / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return (folder, state) if isinstance(state, dict) else None
+    return state if isinstance(state, dict) else None
 
 
 def newest_state(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint of the run whose state file reads."""
-    checkpoints = run_dir / CHECKPOINTS
-    folders = [p for p in checkpoints.glob("step*") if p.name[4:].isdigit()] if checkpoints.is_dir() else []
-    for folder in sorted(folders, key=lambda p: int(p.name[4:]), reverse=True):
-        found = checkpoint_state(folder)
-        if found is not None:
-            return found
+    """The newest checkpoint of the run whose state file reads, with that state."""
+    for folder in reversed(complete_checkpoints(run_dir / CHECKPOINTS)):
+        state = readable_state(folder)
+        if state is not None:
+            return folder, state
     return None
 
 
