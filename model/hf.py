@@ -2,8 +2,9 @@
 
 HF's GPT-2 stores its linear layers as `Conv1D` (weight shaped in x out), so those weights are
 transposed on the way through; everything else maps one to one. The exported directory is what
-`transformers.GPT2LMHeadModel.from_pretrained` reads; with a sentencepiece model given, it also
-holds a `tokenizer.json` that `AutoTokenizer.from_pretrained` reads.
+`transformers.GPT2LMHeadModel.from_pretrained` reads; with a tokenizer given, it also holds the
+tokenizer files `AutoTokenizer.from_pretrained` reads: GPT-2's own (`vocab.json`, `merges.txt`,
+`tokenizer.json`) for a byte-level BPE, a `tokenizer.json` built from the model for sentencepiece.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.config import GPTConfig
+from data_contract import GPT2_EOS
 from model.gpt import GPT
+from model.locate import CONFIG_FILE, hf_gpt_config
 from model.pretrained import build_from_state_dict
 from model.spm_export import write_hf_tokenizer
+from model.tokenizer import copy_tokenizer, load_tokenizer, sentencepiece_file
 
-HF_CONFIG_FILE = "config.json"
 HF_SAFETENSORS = "model.safetensors"
 HF_PYTORCH_BIN = "pytorch_model.bin"
-# GPT-2's GELU is the tanh approximation; HF calls it either of these.
-TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh")
 # Buffers older checkpoints saved with the weights (the causal mask); they carry nothing.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -52,34 +52,6 @@ def _key_map(n_layer: int) -> dict[str, tuple[str, bool]]:
     return mapping
 
 
-def _read_hf_config(directory: Path) -> dict:
-    path = directory / HF_CONFIG_FILE
-    if not path.is_file():
-        raise ValueError(f"{directory}: no {HF_CONFIG_FILE}; expected a Hugging Face GPT-2 model directory")
-    hf = json.loads(path.read_text())
-    if hf.get("model_type") != "gpt2":
-        raise ValueError(
-            f"{path}: model_type={hf.get('model_type')!r} is not 'gpt2'; only GPT-2 checkpoints can be imported"
-        )
-    for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd"):
-        if key not in hf:
-            raise ValueError(f"{path}: {key} is missing")
-    checks = {
-        "activation_function": (hf.get("activation_function", "gelu_new") in TANH_GELU_NAMES, "gelu_new"),
-        "n_inner": (hf.get("n_inner") in (None, 4 * hf["n_embd"]), "null (4 x n_embd)"),
-        "scale_attn_weights": (hf.get("scale_attn_weights", True), "true"),
-        "scale_attn_by_inverse_layer_idx": (not hf.get("scale_attn_by_inverse_layer_idx", False), "false"),
-        "tie_word_embeddings": (hf.get("tie_word_embeddings", True), "true"),
-        "add_cross_attention": (not hf.get("add_cross_attention", False), "false"),
-    }
-    for key, (ok, supported) in checks.items():
-        if not ok:
-            raise ValueError(
-                f"{path}: {key}={hf.get(key)!r} is not supported by this GPT (needs {supported})"
-            )
-    return hf
-
-
 def _read_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], str]:
     """Safetensors if present, else a pickled .bin read with weights_only=True (no code execution)."""
     for single, loader in (
@@ -103,19 +75,7 @@ def load_hf_gpt2(
 ) -> GPT:
     """A GPT with the weights of a local HF GPT-2 directory (GPT2LMHeadModel or GPT2Model)."""
     directory = Path(path)
-    hf = _read_hf_config(directory)
-    try:
-        config = GPTConfig(
-            vocab_size=hf["vocab_size"],
-            block_size=hf["n_positions"],
-            n_layer=hf["n_layer"],
-            n_head=hf["n_head"],
-            n_embd=hf["n_embd"],
-            dropout=hf.get("resid_pdrop", 0.0),
-            layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        )
-    except ValueError as e:
-        raise ValueError(f"{directory / HF_CONFIG_FILE}: {e}") from None
+    config = hf_gpt_config(directory)
     hf_weights, source = _read_hf_weights(directory)
     hf_weights = {
         k.removeprefix("transformer."): v
@@ -138,7 +98,7 @@ def load_hf_gpt2(
             raise ValueError(
                 f"{source}: {theirs} has shape {tuple(tensor.shape)} but config.json implies {shape}"
             )
-        weights[ours] = tensor.t() if transposed else tensor
+        weights[ours] = tensor.t().contiguous() if transposed else tensor  # DeepSpeed broadcasts raw storage
     if hf_weights:
         raise ValueError(f"{source}: unexpected tensor {sorted(hf_weights)[0]}")
     wte = weights["tok_emb.weight"]
@@ -147,8 +107,21 @@ def load_hf_gpt2(
     return build_from_state_dict(config, weights, source, device, dtype)
 
 
+def write_hf_bpe_tokenizer(source: Path, directory: Path, model_max_length: int) -> dict[str, int]:
+    """GPT-2's tokenizer files and a `tokenizer_config.json` naming GPT-2's tokenizer class and its one
+    special token; return the special ids set."""
+    copy_tokenizer(source, directory)
+    eos_id = load_tokenizer(directory).eos_id
+    if eos_id is None:
+        return {}
+    tokenizer_config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length,
+                        "add_prefix_space": False, "bos_token": GPT2_EOS, "eos_token": GPT2_EOS, "unk_token": GPT2_EOS}
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    return {"bos": eos_id, "eos": eos_id}
+
+
 def save_hf_gpt2(gpt: GPT, path: str | Path, tokenizer: str | Path | None = None) -> Path:
-    """Write `gpt` as a HF GPT-2 directory; with `tokenizer` (a sentencepiece model), its tokenizer too.
+    """Write `gpt` as a HF GPT-2 directory; with `tokenizer` (a file or folder of either kind), its tokenizer too.
 
     A model without biases is written with zero biases, which HF's GPT-2 (always biased) computes
     identically.
@@ -169,7 +142,11 @@ def save_hf_gpt2(gpt: GPT, path: str | Path, tokenizer: str | Path | None = None
         hf_weights[f"transformer.{theirs}"] = (tensor.t() if transposed else tensor).contiguous().cpu()
     save_file(hf_weights, directory / HF_SAFETENSORS, metadata={"format": "pt"})
 
-    special_ids = write_hf_tokenizer(tokenizer, directory, config.block_size) if tokenizer is not None else {}
+    special_ids: dict[str, int] = {}
+    if tokenizer is not None:
+        spm_model = sentencepiece_file(Path(tokenizer))
+        special_ids = (write_hf_tokenizer(spm_model, directory, config.block_size) if spm_model is not None
+                       else write_hf_bpe_tokenizer(Path(tokenizer), directory, config.block_size))
     hf_config = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -192,5 +169,5 @@ def save_hf_gpt2(gpt: GPT, path: str | Path, tokenizer: str | Path | None = None
         "eos_token_id": special_ids.get("eos"),
         "dtype": str(next(iter(hf_weights.values())).dtype).removeprefix("torch."),
     }
-    (directory / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+    (directory / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
     return directory

@@ -8,7 +8,6 @@ token embedding.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,10 +16,10 @@ from safetensors.torch import load_file, save_file
 
 from model.config import GPTConfig
 from model.gpt import GPT
+from model.locate import CONFIG_FILE, resolve_model_dir, saved_config
+from model.tokenizer import copy_tokenizer
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_FILE = "tokenizer.model"
 TIED_KEY = "lm_head.weight"
 
 
@@ -33,8 +32,8 @@ def save_pretrained(
     """Write `gpt` to `directory`; return it.
 
     `state_dict` overrides `gpt.state_dict()`: under ZeRO-3 the module's own parameters are
-    partitioned, so the trainer passes the consolidated weights. `tokenizer`, a sentencepiece
-    model, is copied beside the weights as `tokenizer.model` for generation.
+    partitioned, so the trainer passes the consolidated weights. `tokenizer` (a sentencepiece model,
+    or a folder holding either kind) is saved beside the weights: a model travels with its tokenizer.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -44,26 +43,8 @@ def save_pretrained(
     save_file(weights, directory / WEIGHTS_FILE, metadata={"format": "pt"})
     (directory / CONFIG_FILE).write_text(json.dumps(gpt.config.to_dict(), indent=2) + "\n")
     if tokenizer is not None:
-        shutil.copyfile(tokenizer, directory / TOKENIZER_FILE)
+        copy_tokenizer(tokenizer, directory)
     return directory
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """Accept a saved-model dir, a checkpoint dir (`<tag>/model/`) or a run dir (`checkpoints/latest`)."""
-    path = Path(path)
-    for checkpoints in (path / "checkpoints", path):
-        latest = checkpoints / "latest"
-        if latest.is_file():
-            path = checkpoints / latest.read_text().strip()
-            break
-    if (path / "model" / CONFIG_FILE).is_file():
-        path = path / "model"
-    if not (path / CONFIG_FILE).is_file():
-        raise ValueError(
-            f"{path}: no {CONFIG_FILE}; expected a saved model dir, a checkpoint dir holding model/, "
-            "or a run dir holding checkpoints/latest"
-        )
-    return path
 
 
 def load_pretrained(
@@ -71,14 +52,7 @@ def load_pretrained(
 ) -> GPT:
     """Load a model written by `save_pretrained` (or a checkpoint/run dir that holds one)."""
     directory = resolve_model_dir(path)
-    config_path = directory / CONFIG_FILE
-    config_dict = json.loads(config_path.read_text())
-    if "model_type" in config_dict:
-        raise ValueError(f"{config_path} is a Hugging Face config; load it with model.hf.load_hf_gpt2")
-    try:
-        config = GPTConfig.from_dict(config_dict)
-    except ValueError as e:
-        raise ValueError(f"{config_path}: {e}") from None
+    config = saved_config(directory)
     weights = load_file(directory / WEIGHTS_FILE)
     return build_from_state_dict(config, weights, str(directory / WEIGHTS_FILE), device, dtype)
 

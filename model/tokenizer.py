@@ -1,21 +1,42 @@
-"""Text <-> ids for generation: a sentencepiece model, or the tokenizer files of an HF directory."""
+"""Text <-> ids with the tokenizer that travels with a model or a data root.
+
+Two kinds, told apart by their files: a sentencepiece model (`tokenizer.model` beside a saved model,
+`spm.model` in a data root), or a byte-level BPE such as GPT-2's released one (`vocab.json` +
+`merges.txt`, with the `tokenizer.json` the `tokenizers` library builds from them). An HF directory's
+`tokenizer.json` of any other kind loads too, for generation.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import sentencepiece
-from tokenizers import Tokenizer
-from tokenizers.implementations import ByteLevelBPETokenizer
+from tokenizers import Tokenizer, decoders
+
+from data_contract import (
+    BPE_MERGES,
+    BPE_TOKENIZER_JSON,
+    BPE_VOCAB,
+    GPT2_EOS,
+    SAVED_SPM_MODEL,
+    TOKENIZER_MODEL,
+    byte_level_bpe,
+    tokenizer_identity,
+)
 
 
 class TextTokenizer(Protocol):
     eos_id: int | None
+    vocab_size: int
 
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: list[int]) -> str: ...
+
+    def token_byte_lengths(self) -> np.ndarray: ...
 
 
 class SentencePieceTokenizer:
@@ -23,6 +44,7 @@ class SentencePieceTokenizer:
         self.processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
         eos = self.processor.eos_id()
         self.eos_id = eos if eos >= 0 else None
+        self.vocab_size = self.processor.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
@@ -30,13 +52,26 @@ class SentencePieceTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.processor.decode(ids)
 
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each id decodes to: byte-fallback pieces one, control pieces none."""
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        for token_id in range(self.vocab_size):
+            if self.processor.is_control(token_id) or self.processor.is_unknown(token_id):
+                continue
+            if self.processor.is_byte(token_id):
+                lengths[token_id] = 1
+            else:
+                lengths[token_id] = len(self.processor.id_to_piece(token_id).replace("\u2581", " ").encode("utf-8"))
+        return lengths
+
 
 class HFTokenizer:
-    """A `tokenizers` tokenizer; `eos_id` comes from the model's config, which is where HF keeps it."""
+    """A `tokenizers` tokenizer. `eos_id`: given, or GPT-2's `<|endoftext|>` when the vocabulary has it."""
 
-    def __init__(self, tokenizer: Tokenizer | ByteLevelBPETokenizer, eos_id: int | None) -> None:
+    def __init__(self, tokenizer: Tokenizer, eos_id: int | None = None) -> None:
         self.tokenizer = tokenizer
-        self.eos_id = eos_id
+        self.eos_id = eos_id if eos_id is not None else tokenizer.token_to_id(GPT2_EOS)
+        self.vocab_size = tokenizer.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
@@ -44,20 +79,76 @@ class HFTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
+    def token_byte_lengths(self) -> np.ndarray:
+        """Byte-level BPE writes every byte as one character of its alphabet, so a token's byte length
+        is its length in characters; added special tokens decode to nothing."""
+        if not isinstance(self.tokenizer.decoder, decoders.ByteLevel):
+            raise ValueError("bits per byte need a sentencepiece or a byte-level BPE tokenizer")
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        special = {token.content for token in self.tokenizer.get_added_tokens_decoder().values() if token.special}
+        for token, token_id in self.tokenizer.get_vocab(with_added_tokens=True).items():
+            if token not in special:
+                lengths[token_id] = len(token)
+        return lengths
+
+
+def sentencepiece_file(path: Path) -> Path | None:
+    """The sentencepiece model `path` is or holds, if any."""
+    if path.is_file():
+        return path if path.suffix == ".model" else None
+    return next((path / name for name in (SAVED_SPM_MODEL, TOKENIZER_MODEL) if (path / name).is_file()), None)
+
 
 def load_tokenizer(path: str | Path, eos_id: int | None = None) -> TextTokenizer:
-    """A `.model` file (sentencepiece), a `tokenizer.json`, or a directory holding either or GPT-2's
-    `vocab.json` + `merges.txt`. `eos_id` applies to the HF formats, whose files do not name it."""
+    """A sentencepiece `.model` file, a `tokenizer.json`, or a folder holding one of them or `vocab.json` +
+    `merges.txt`. `eos_id` applies to the HF formats, whose files may not name it."""
     path = Path(path)
-    candidates = [path] if path.is_file() else [path / "tokenizer.model", path / "tokenizer.json"]
-    for candidate in candidates:
-        if candidate.is_file() and candidate.suffix == ".model":
-            return SentencePieceTokenizer(candidate)
-        if candidate.is_file() and candidate.suffix == ".json":
-            return HFTokenizer(Tokenizer.from_file(str(candidate)), eos_id)
-    if (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
-        return HFTokenizer(ByteLevelBPETokenizer(str(path / "vocab.json"), str(path / "merges.txt")), eos_id)
+    if (spm_model := sentencepiece_file(path)) is not None:
+        return SentencePieceTokenizer(spm_model)
+    if path.is_file():
+        return HFTokenizer(Tokenizer.from_file(str(path)), eos_id)
+    if (path / BPE_TOKENIZER_JSON).is_file():
+        return HFTokenizer(Tokenizer.from_file(str(path / BPE_TOKENIZER_JSON)), eos_id)
+    if (path / BPE_VOCAB).is_file() and (path / BPE_MERGES).is_file():
+        return HFTokenizer(byte_level_bpe(path), eos_id)
     raise ValueError(
-        f"{path}: no tokenizer found (a sentencepiece .model, a tokenizer.json, or vocab.json + merges.txt); "
-        "pass tokenizer=PATH"
+        f"{path}: no tokenizer found ({SAVED_SPM_MODEL} or {TOKENIZER_MODEL} of sentencepiece, {BPE_TOKENIZER_JSON}, "
+        f"or {BPE_VOCAB} + {BPE_MERGES}); pass tokenizer=PATH"
     )
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return sentencepiece_file(folder) is not None or (folder / BPE_TOKENIZER_JSON).is_file() or (
+        (folder / BPE_VOCAB).is_file() and (folder / BPE_MERGES).is_file())
+
+
+def copy_tokenizer(source: str | Path, directory: str | Path) -> None:
+    """Put the tokenizer of `source` (a sentencepiece file, or a folder holding either kind) in `directory`,
+    as a saved model carries it: `tokenizer.model`, or the HF files (`tokenizer.json`, and GPT-2's
+    `vocab.json` + `merges.txt` where the source has them)."""
+    source, directory = Path(source), Path(directory)
+    if (spm_model := sentencepiece_file(source)) is not None:
+        shutil.copyfile(spm_model, directory / SAVED_SPM_MODEL)
+        return
+    bpe_files = (source / BPE_VOCAB).is_file() and (source / BPE_MERGES).is_file()
+    if not bpe_files and not (source / BPE_TOKENIZER_JSON).is_file():
+        raise ValueError(f"{source}: no tokenizer to save with the model ({TOKENIZER_MODEL}, {BPE_TOKENIZER_JSON}, "
+                         f"or {BPE_VOCAB} + {BPE_MERGES})")
+    for name in (BPE_VOCAB, BPE_MERGES, BPE_TOKENIZER_JSON):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, directory / name)
+    if not (source / BPE_TOKENIZER_JSON).is_file():
+        byte_level_bpe(source).save(str(directory / BPE_TOKENIZER_JSON))
+
+
+def same_tokenizer(model_dir: str | Path, data_tokenizer: str | Path, what: str) -> None:
+    """Refuse, naming both, a model whose tokenizer is not the one its data was tokenized with."""
+    if not has_tokenizer(model_dir):
+        raise ValueError(f"{what}: {model_dir} carries no tokenizer, so its ids cannot be matched to the data's; "
+                         "save the model with its tokenizer (the trainer and model.convert do)")
+    mine, theirs = tokenizer_identity(Path(model_dir)), tokenizer_identity(Path(data_tokenizer))
+    if mine != theirs:
+        raise ValueError(f"{what}: the model's tokenizer ({model_dir}, {mine[:12]}) is not the data's "
+                         f"({data_tokenizer}, {theirs[:12]}); tokenize the data with the model's tokenizer "
+                         "(e.g. tokenizer=gpt2 for GPT-2 weights) or start from a matching model")

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from data_contract import Refusal
 from model import GPT, GPTConfig
-from model.generate import generate, load_for_generation
+from model.generate import generate
+from model.load import load_model_and_tokenizer
 from model.pretrained import load_pretrained
 from model.resize import add_tokens
 from tests.commands import REPO, run_module
@@ -234,7 +235,7 @@ def test_instruction_tuned_model_follows_the_template_in_generate(tmp_path: Path
     records = finetune(tmp_path / "run", data_root, pretrained, "reuters_headlines")
     assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3]
     assert next(r for r in records if "val/loss" in r)["val/ppl"] > 1
-    model, tokenizer = load_for_generation(tmp_path / "run")
+    model, tokenizer, _ = load_model_and_tokenizer(tmp_path / "run")
     assert model.config.vocab_size == 1000  # the template is plain text: no tokens added
     template = json.loads((tmp_path / "run/checkpoints/step00000003/model" / TASK_FILE).read_text())["prompt_template"]
     prompt = tokenizer.encode(template.format(instruction="Write a headline for this news article.",

@@ -9,8 +9,9 @@ import sentencepiece
 import torch
 
 from model import GPT, GPTConfig
-from model.generate import generate, load_for_generation, sample_next
+from model.generate import generate, sample_next
 from model.hf import load_hf_gpt2, save_hf_gpt2
+from model.load import load_model_and_tokenizer
 from model.pretrained import save_pretrained
 from tests.commands import SAMPLE_CORPUS, run_module
 
@@ -129,7 +130,7 @@ def test_generate_command_samples_from_a_run_dir(gpt, spm_model, tmp_path):
     assert samples[0].startswith("Botchan, said the master")
     assert not list(tmp_path.glob("outputs")) and not list(tmp_path.glob(".hydra"))
 
-    model, tokenizer = load_for_generation(tmp_path / "run")
+    model, tokenizer, _ = load_model_and_tokenizer(tmp_path / "run")
     ids = torch.tensor([tokenizer.encode("Botchan, said the master")])
     assert tokenizer.decode(generate(model, ids, 12, temperature=0)[0].tolist()) == samples[0]
 

@@ -23,7 +23,7 @@ def tokenized(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("tokenize")
     documents = write_curated(root, sample_corpus)
     cfg = compose_curate(root, *SETTINGS)
-    processor = spm.SentencePieceProcessor(model_file=str(train_tokenizer(cfg)))
+    processor = spm.SentencePieceProcessor(model_file=str(train_tokenizer(cfg) / "spm.model"))
     return root, cfg, documents, processor, tokenize_sources(cfg)
 
 
@@ -111,3 +111,37 @@ def test_changed_split_starts_the_source_over(tokenized) -> None:
         listed = {root / f["path"] for f in manifest["files"] + manifest["val_files"]}
         assert set((root / "tokens" / source).rglob("*.ds")) == listed
     assert tokenize_sources(compose_curate(root, *SETTINGS)) == manifests
+
+
+def test_gpt2_tokenizer_writes_the_released_ids_and_a_plan(sample_corpus: Path, tmp_path: Path) -> None:
+    """tokenizer=gpt2: GPT-2's released BPE is installed, not trained; its token files hold exactly what
+    transformers' GPT2TokenizerFast gives each document, then <|endoftext|> (50256), as uint16."""
+    from transformers import GPT2TokenizerFast
+
+    from data_contract import ensure_gpt2_bpe, tokenizer_identity
+
+    documents = write_curated(tmp_path, sample_corpus)
+    settings = ("tokenizer=gpt2", "tokenizer.sample_bytes=200000", "token_files.val_docs=5", "token_files.progress=false")
+    cfg = compose_curate(tmp_path, *settings)
+    folder = train_tokenizer(cfg)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["kind"], manifest["vocab_size"], manifest["eos_id"]) == ("gpt2", 50257, 50256)
+    assert manifest["sha256"] == tokenizer_identity(folder) == tokenizer_identity(ensure_gpt2_bpe())
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "merges.txt", "tokenizer.json", "vocab.json"]
+
+    released = ensure_gpt2_bpe()
+    vocab = json.loads((released / "vocab.json").read_text())
+    merges = [tuple(line.split()) for line in (released / "merges.txt").read_text().splitlines()[1:] if line]
+    reference = GPT2TokenizerFast(vocab=vocab, merges=merges)
+    assert reference.encode("Hello world") == [15496, 995]
+
+    manifests = tokenize_sources(cfg)
+    for source, docs in documents.items():
+        val_ids = set(manifests[source]["val_document_ids"])
+        train = [d.text for rank in range(2) for d in docs[rank::2] if d.id not in val_ids]
+        assert manifests[source]["dtype"] == "uint16"
+        assert [list(ids) for ids in _documents(tmp_path, manifests[source]["files"])] == [
+            [*reference.encode(text), 50256] for text in train]
+    plan = json.loads((build_mix(compose_curate(tmp_path, *settings, "mix_plan.tokens=50000", "mix_plan.seq_len=64"))
+                       / "mixture.json").read_text())
+    assert (plan["vocab_size"], plan["tokenizer_sha256"]) == (50257, manifest["sha256"])

@@ -18,8 +18,8 @@ def trained(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("tokenizer")
     documents = write_curated(root, sample_corpus)
     cfg = compose_curate(root, "tokenizer.vocab_size=2048", "tokenizer.sample_bytes=3000000")
-    model = train_tokenizer(cfg)
-    return root, documents, spm.SentencePieceProcessor(model_file=str(model))
+    folder = train_tokenizer(cfg)
+    return root, documents, spm.SentencePieceProcessor(model_file=str(folder / "spm.model"))
 
 
 def test_round_trip_is_lossless_on_every_document(trained) -> None:

@@ -214,8 +214,8 @@ def test_refuses_bad_runs_with_one_line(tmp_path: Path, data_root: Path, overrid
 
 def test_refuses_a_mix_built_with_another_tokenizer(tmp_path: Path, data_root: Path, sample_corpus: Path) -> None:
     other = make_data_root(tmp_path / "data", sample_corpus, seq_len=64)
-    manifest = other / "tokenizer" / "manifest.json"
-    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "sha256": "0" * 64}))
+    another = sample_corpus / "tokenizers" / "sentencepiece" / "botchan_en_unigram_1000.model"
+    (other / "tokenizer" / "spm.model").write_bytes(another.read_bytes())
     result = launch(1, tmp_path / "run", other, launcher="python", check=False)
     assert result.returncode == 2
     assert "was built with tokenizer" in result.stderr

@@ -3,7 +3,8 @@
 Also how tests launch the trainer (`launch`) and read a run back.
 
 Two sources cut from the real sample corpus (Austen, Botchan), tokenized with a sentencepiece model
-that ships in the corpus; a plan that alternates the sources over shuffled windows. The trainer
+that ships in the corpus (or GPT-2's released BPE); a plan that alternates the sources over shuffled
+windows. The trainer
 tests do not depend on the curation code, only on the contract's paths, manifests and mixture spec.
 """
 
@@ -13,16 +14,24 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from data_contract import (
+    BPE_MERGES,
+    BPE_TOKENIZER_JSON,
+    BPE_VOCAB,
+    GPT2_EOS,
     PLAN_SAMPLE,
     PLAN_SOURCE,
     TOKENIZER_MODEL,
     DataLayout,
+    byte_level_bpe,
+    ensure_gpt2_bpe,
     sha256_file,
+    tokenizer_identity,
     write_atomic,
     write_manifest,
     write_mixture_spec,
@@ -44,27 +53,45 @@ def _write_tokens(path: Path, docs: list[list[int]], eos_id: int) -> int:
     return len(stream)
 
 
-def make_data_root(root: Path, corpus: Path, seq_len: int = 64, seed: int = 0, mixture: str = "demo") -> Path:
+def _install_tokenizer(layout: DataLayout, corpus: Path, kind: str) -> tuple[Callable[[list[str]], list[list[int]]],
+                                                                            int, int]:
+    """The data root's tokenizer (the corpus's sentencepiece model, or GPT-2's); (encode, vocab size, eos id)."""
     import sentencepiece as spm
 
+    if kind == "gpt2":
+        for name in (BPE_VOCAB, BPE_MERGES):
+            write_atomic(layout.tokenizer / name, (ensure_gpt2_bpe() / name).read_bytes())
+        bpe = byte_level_bpe(layout.tokenizer)
+        write_atomic(layout.tokenizer / BPE_TOKENIZER_JSON, bpe.to_str())
+        vocab_size, eos_id = bpe.get_vocab_size(), bpe.token_to_id(GPT2_EOS)
+        write_manifest(layout.tokenizer, inputs=[], config={}, outputs={}, kind="gpt2",
+                       sha256=tokenizer_identity(layout.tokenizer), vocab_size=vocab_size, eos_id=eos_id)
+        return (lambda texts: [e.ids for e in bpe.encode_batch(texts)]), vocab_size, eos_id
+    write_atomic(layout.tokenizer_model, (corpus / TOKENIZER).read_bytes())
+    processor = spm.SentencePieceProcessor(model_file=str(layout.tokenizer_model))
+    write_manifest(layout.tokenizer, inputs=[TOKENIZER], config={},
+                   outputs={TOKENIZER_MODEL: sha256_file(layout.tokenizer_model)},
+                   sha256=sha256_file(layout.tokenizer_model), vocab_size=processor.get_piece_size(),
+                   eos_id=processor.eos_id(), bos_id=processor.bos_id(), pad_id=processor.pad_id(),
+                   unk_id=processor.unk_id())
+    return processor.encode, processor.get_piece_size(), processor.eos_id()
+
+
+def make_data_root(root: Path, corpus: Path, seq_len: int = 64, seed: int = 0, mixture: str = "demo",
+                   tokenizer: str = "sentencepiece") -> Path:
     layout = DataLayout(root)
-    model_path = layout.tokenizer_model
-    write_atomic(model_path, (corpus / TOKENIZER).read_bytes())
-    processor = spm.SentencePieceProcessor(model_file=str(model_path))
-    tokenizer_sha = sha256_file(model_path)
-    write_manifest(layout.tokenizer, inputs=[TOKENIZER], config={}, outputs={TOKENIZER_MODEL: tokenizer_sha},
-                   sha256=tokenizer_sha, vocab_size=processor.get_piece_size(), eos_id=processor.eos_id(),
-                   bos_id=processor.bos_id(), pad_id=processor.pad_id(), unk_id=processor.unk_id())
+    encode, vocab_size, eos_id = _install_tokenizer(layout, corpus, tokenizer)
+    tokenizer_sha = tokenizer_identity(layout.tokenizer)
     rng = np.random.default_rng(seed)
     sources, windows = [], []
     for name, relative in SOURCES.items():
         lines = (corpus / relative).read_text(encoding="utf-8-sig").splitlines()
-        docs = processor.encode(["\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)])
+        docs = encode(["\n".join(lines[i:i + 20]) for i in range(0, len(lines), 20)])
         n_val = max(len(docs) // 20, 40)
         train_path = layout.tokens(name) / "00000.ds"
         val_path = layout.tokens(name) / "val" / "00000.ds"
-        train_tokens = _write_tokens(train_path, docs[n_val:], processor.eos_id())
-        val_tokens = _write_tokens(val_path, docs[:n_val], processor.eos_id())
+        train_tokens = _write_tokens(train_path, docs[n_val:], eos_id)
+        val_tokens = _write_tokens(val_path, docs[:n_val], eos_id)
         n_windows = (train_tokens - 1) // seq_len
         windows.append(rng.permutation(n_windows))
         sources.append({
@@ -86,7 +113,7 @@ def make_data_root(root: Path, corpus: Path, seq_len: int = 64, seed: int = 0, m
     write_mixture_spec(mix_dir, {
         "name": mixture, "seq_len": seq_len, "seed": seed, "tokens": len(plan_source) * seq_len,
         "num_samples": len(plan_source), "tokenizer_sha256": tokenizer_sha, "dtype": "uint16",
-        "vocab_size": processor.get_piece_size(), "eos_id": processor.eos_id(), "sources": sources})
+        "vocab_size": vocab_size, "eos_id": eos_id, "sources": sources})
     return root
 
 

@@ -23,8 +23,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from data_contract import MANIFEST, MIXTURE_SPEC, TOKENIZER_MODEL, Refusal, read_mixture_spec, sha256_file
+from data_contract import MIXTURE_SPEC, Refusal, read_mixture_spec, sha256_file, tokenizer_identity
 from model import GPTConfig
+from model.locate import locate_model
 from train import run_dir as run_dirs
 from train.launch_env import resolve_env
 from train.run_identity import check_same_run, finetune_identity, pretrain_identity
@@ -111,18 +112,18 @@ def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> in
 
 def pretrain_checks(cfg: DictConfig) -> dict[str, Any]:
     """Validate the data against tokenizer and settings; returns the run's identity."""
-    tokenizer_model = Path(cfg.data.tokenizer_dir) / TOKENIZER_MODEL
-    if not tokenizer_model.is_file():
-        raise Refusal(f"no tokenizer at {tokenizer_model}; train it with `python -m curation.train_tokenizer`")
-    manifest_path = Path(cfg.data.tokenizer_dir) / MANIFEST
-    tokenizer_hash = (json.loads(manifest_path.read_text())["sha256"] if manifest_path.is_file()
-                      else sha256_file(tokenizer_model))
+    tokenizer_dir = Path(cfg.data.tokenizer_dir)
+    try:
+        tokenizer_hash = tokenizer_identity(tokenizer_dir)
+    except Refusal:
+        raise Refusal(f"no tokenizer in {tokenizer_dir}; make it with `python -m curation.train_tokenizer` "
+                      "(tokenizer=gpt2 installs GPT-2's)") from None
     spec = read_mixture_spec(Path(cfg.data.mix_dir))
     mix_tokenizer_hash = spec.get("tokenizer_sha256")
     if mix_tokenizer_hash != tokenizer_hash:
         raise Refusal(
             f"{cfg.data.mix_dir}/mixture.json was built with tokenizer {str(mix_tokenizer_hash)[:12]}, but "
-            f"{tokenizer_model} is {tokenizer_hash[:12]}; re-run `python -m curation.tokenize` and "
+            f"{tokenizer_dir} is {tokenizer_hash[:12]}; re-run `python -m curation.tokenize` and "
             "`python -m curation.mix` with this tokenizer")
     plan_seq_len, data_vocab = int(spec["seq_len"]), int(spec["vocab_size"])
     if cfg.train.seq_len != plan_seq_len:
@@ -134,11 +135,46 @@ def pretrain_checks(cfg: DictConfig) -> dict[str, Any]:
                       f"model.block_size={cfg.model.block_size}; lower the one or raise the other")
     if cfg.vocab_size is not None and cfg.vocab_size < data_vocab:
         raise Refusal(f"vocab_size={cfg.vocab_size} is smaller than the tokenizer's vocabulary "
-                      f"({data_vocab}, {tokenizer_model}); raise it or set vocab_size=null to follow "
+                      f"({data_vocab}, {tokenizer_dir}); raise it or set vocab_size=null to follow "
                       "the tokenizer")
-    model_config_for(cfg, data_vocab)  # the shape itself (e.g. n_embd divisible by n_head)
+    model_config = model_config_for(cfg, data_vocab)  # the shape itself (e.g. n_embd divisible by n_head)
     hashes = {"tokenizer_sha256": tokenizer_hash, "mixture_sha256": sha256_file(Path(cfg.data.mix_dir) / MIXTURE_SPEC)}
-    return pretrain_identity(cfg, cfg.vocab_size if cfg.vocab_size is not None else data_vocab, hashes)
+    init = init_checks(cfg.init, model_config, tokenizer_hash, tokenizer_dir) if cfg.init else None
+    return pretrain_identity(cfg, model_config.vocab_size, hashes, init)
+
+
+# What the weights of `init` must share with the run's model: their shapes, and the LayerNorm epsilon
+# (another one computes another function of the same weights).
+INIT_KEYS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "layer_norm_eps")
+
+
+def init_checks(init: str, model_config: GPTConfig, tokenizer_hash: str, tokenizer_dir: Path) -> str:
+    """Continued pretraining from `init`: its shape is the run's and its tokenizer the data's; returns the
+    resolved folder of its weights (recorded in the run's identity)."""
+    try:
+        directory, config, _ = locate_model(init)
+    except ValueError as bad:
+        raise Refusal(f"init={init}: {bad}") from None
+    try:
+        init_tokenizer = tokenizer_identity(directory)
+    except Refusal:
+        raise Refusal(f"init={init}: {directory} carries no tokenizer, so its ids cannot be matched to the data's; "
+                      "save the model with its tokenizer (the trainer and model.convert do)") from None
+    if init_tokenizer != tokenizer_hash:
+        raise Refusal(f"init={init}: its tokenizer ({init_tokenizer[:12]}) is not the data's ({tokenizer_dir}, "
+                      f"{tokenizer_hash[:12]}); curate with the model's tokenizer (tokenizer=gpt2 for GPT-2 weights) "
+                      "or start from a model trained on this tokenizer")
+    differ = [key for key in INIT_KEYS if getattr(config, key) != getattr(model_config, key)]
+    if differ:
+        presets = [path.stem for path in sorted((Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
+                   if all(OmegaConf.load(path).get(key, getattr(config, key)) == getattr(config, key)
+                          for key in INIT_KEYS if key != "vocab_size")]
+        keys = {key: key if key == "vocab_size" else f"model.{key}" for key in differ}  # vocab_size is top-level
+        fix = f"use model={presets[0]}" if presets else "set " + " ".join(f"{keys[k]}={getattr(config, k)}" for k in differ)
+        raise Refusal(f"init={init} has " + ", ".join(f"{k}={getattr(config, k)}" for k in differ)
+                      + " but the run's model has " + ", ".join(f"{keys[k]}={getattr(model_config, k)}" for k in differ)
+                      + f"; {fix} to continue from these weights")
+    return str(directory.resolve())
 
 
 def finetune_checks(cfg: DictConfig) -> dict[str, Any]:

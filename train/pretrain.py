@@ -16,19 +16,21 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from data_contract import TOKENIZER_MODEL, Refusal
+from data_contract import Refusal
 from model import GPT
 from model.flops import flops_per_token
 from model.generate import generate
+from model.load import load_model
 from model.loss import next_token_loss
 from model.pretrained import save_pretrained
+from model.tokenizer import load_tokenizer
 from train.data import MixtureData, Prefetcher
 from train.distributed import mean_across_ranks
 from train.metrics import MetricsLogger, default_peak_flops
 from train.preflight import model_config_for
 from train.trainer import Evaluation, RunSetup
-from train.val_loss import token_byte_lengths, unigram_bpb, val_loss_metrics
-from train.zero_shot import zero_shot_metrics
+from train.val_loss import unigram_bpb, val_loss_metrics
+from train.zero_shot import check_eval_tasks, task_metrics
 
 log = logging.getLogger("train")
 
@@ -47,9 +49,13 @@ class PretrainTask:
             raise Refusal(f"the plan in {cfg.data.mix_dir} holds {len(self.data)} samples, fewer than one global "
                           f"batch (train.global_batch_size={self.global_batch}); build a larger mix or lower the batch")
         self.model = GPT(model_config)
+        if cfg.init:  # continued pretraining: these weights, a fresh optimizer and schedule (a resume overrides them)
+            initial, init_dir = load_model(cfg.init)
+            self.model.load_state_dict(initial.state_dict())
+            log.info("initialized from %s", init_dir)
         self.n_params = self.model.num_params()  # before ZeRO-3 partitions the parameters away
         self.flops_per_token = flops_per_token(model_config, self.seq_len)
-        self.tokenizer_model = Path(cfg.data.tokenizer_dir) / TOKENIZER_MODEL
+        self.tokenizer_dir = Path(cfg.data.tokenizer_dir)
         self.last_wait_s = 0.0
 
     def last_step(self) -> int:
@@ -74,10 +80,8 @@ class PretrainTask:
         log.info("%d samples consumed before the resume", state["samples_consumed"])
 
     def start(self, step: int, metrics: MetricsLogger, resumed: bool) -> None:
-        import sentencepiece as spm
-
-        self.tokenizer = spm.SentencePieceProcessor(model_file=str(self.tokenizer_model))
-        self.token_bytes = token_byte_lengths(self.tokenizer_model, self.data.vocab_size)
+        self.tokenizer = load_tokenizer(self.tokenizer_dir)
+        self.token_bytes = self.tokenizer.token_byte_lengths()
         # Each rank measures the matmul rate it gets (CPU) before the data thread starts; MFU uses their mean.
         self.peak_flops = self.cfg.metrics.peak_flops or float(
             mean_across_ranks(torch.tensor(default_peak_flops(self.setup.precision), dtype=torch.float64)))
@@ -115,7 +119,9 @@ class PretrainTask:
 
     def evaluations(self) -> list[Evaluation]:
         every, sample_every = self.cfg.eval.every, self.cfg.eval.sample_every
-        validation = "validation" + (" and zero-shot scoring" if self.cfg.eval.tasks else "")
+        if every and self.cfg.eval.tasks:
+            check_eval_tasks(self.cfg.eval)  # refused now, not at the first evaluation
+        validation = "validation" + (f" and {self.cfg.eval.shots}-shot scoring" if self.cfg.eval.tasks else "")
         return [Evaluation(every, bool(every), self.evaluate, validation),
                 Evaluation(sample_every, bool(sample_every), self.sample, "sample generation")]
 
@@ -123,9 +129,8 @@ class PretrainTask:
         cfg, rank, world_size = self.cfg, self.setup.rank, self.setup.world_size
         results = val_loss_metrics(engine, self.data, self.token_bytes, cfg.train.micro_batch_size,
                                    cfg.eval.max_batches, rank, world_size)
-        if cfg.eval.tasks:  # zero-shot multiple choice, e.g. HellaSwag or `python -m train.build_task_sets`'s set
-            results.update(zero_shot_metrics(engine, cfg.eval.tasks, self.tokenizer.encode, self.tokenizer.eos_id(),
-                                             rank, world_size))
+        if cfg.eval.tasks:  # zero/few-shot: JSONL sets (e.g. HellaSwag's, build_task_sets'), or lm-eval's tasks
+            results.update(task_metrics(engine, cfg.eval, self.tokenizer, cfg.train.micro_batch_size, rank, world_size))
         metrics.log(step, results)
         if "val/bpb" in results:
             log.info("step %d: val/loss %.4f val/bpb %.4f", step, results["val/loss"], results["val/bpb"])
@@ -138,10 +143,10 @@ class PretrainTask:
 
     def state_dict(self, step: int) -> dict[str, Any]:
         return {"samples_consumed": self.samples_consumed(step), "tokens_seen": self.tokens_seen(step),
-                "seq_len": self.seq_len}
+                "seq_len": self.seq_len, "init": self.cfg.init}
 
     def export(self, engine: Any, weights: dict[str, torch.Tensor], folder: Path) -> None:
-        save_pretrained(engine.module, folder, state_dict=weights, tokenizer=self.tokenizer_model)
+        save_pretrained(engine.module, folder, state_dict=weights, tokenizer=self.tokenizer_dir)
 
     def close(self) -> None:
         self.prefetcher.close()

@@ -24,14 +24,17 @@ SHAPE_KEYS = ("model.vocab_size", "model.block_size", "model.n_layer", "model.n_
               "model.vocab_multiple")
 
 
-def pretrain_identity(cfg: DictConfig, vocab_size: int, data_hashes: dict[str, str]) -> dict[str, Any]:
-    """The identity of a pretraining command; `vocab_size` is the model's (the tokenizer's unless fixed)."""
+def pretrain_identity(cfg: DictConfig, vocab_size: int, data_hashes: dict[str, str],
+                      init: str | None = None) -> dict[str, Any]:
+    """The identity of a pretraining command; `vocab_size` is the model's (the tokenizer's unless fixed),
+    `init` the folder of the weights it started from, if any."""
     model = cfg.model
     return {"model.vocab_size": vocab_size, "model.block_size": model.block_size, "model.n_layer": model.n_layer,
             "model.n_head": model.n_head, "model.n_embd": model.n_embd, "model.bias": model.bias,
             "model.vocab_multiple": model.vocab_multiple, "model.layer_norm_eps": model.layer_norm_eps,
             "train.global_batch_size": cfg.train.global_batch_size, "train.seq_len": cfg.train.seq_len,
-            "mixture": data_hashes["mixture_sha256"][:16], "tokenizer": data_hashes["tokenizer_sha256"][:16]}
+            "mixture": data_hashes["mixture_sha256"][:16], "tokenizer": data_hashes["tokenizer_sha256"][:16],
+            **({"init": init} if init else {})}
 
 
 def finetune_identity(cfg: DictConfig) -> dict[str, Any]:

@@ -149,6 +149,12 @@ class PretrainEvalSettings:
     sample_prompt: str = ""
     sample_tokens: int = 32
     tasks: list[str] = field(default_factory=list)
+    harness: str = "builtin"
+    shots: int = 0
+    fewshot_seed: int = 1234
+    fewshot_separator: str = "\n\n"
+    fewshot_from: Optional[str] = None
+    lm_eval_include: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -173,6 +179,7 @@ class PretrainSettings:
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
     run_name: str = MISSING
     run_dir: str = MISSING
+    init: Optional[str] = None
     seed: int = 1234
     vocab_size: Optional[int] = None
     data: DataSettings = field(default_factory=DataSettings)
@@ -230,6 +237,7 @@ SCHEMAS: dict[str, type] = {"pretrain": PretrainSettings, "finetune": FinetuneSe
 CHOICES: dict[str, tuple[Any, ...]] = {
     "precision": ("auto", "bf16", "fp32"), "schedule.kind": ("cosine", "wsd"), "deepspeed.stage": (0, 1, 2, 3),
     "deepspeed.offload_optimizer": ("none", "cpu"), "deepspeed.offload_param": ("none", "cpu"),
+    "eval.harness": ("builtin", "lm_eval"),
 }
 
 

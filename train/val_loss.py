@@ -2,14 +2,14 @@
 
 Bits per UTF-8 byte make runs with different tokenizers comparable: the summed negative
 log-likelihood in bits divided by the bytes the target tokens decode to. Each token's byte length
-comes from its sentencepiece piece (byte-fallback pieces are one byte, control tokens none), as
-nanoGPT-successors such as modded-nanogpt/nanochat count it.
+comes from the tokenizer (model/tokenizer.py: a sentencepiece piece's bytes, byte-fallback pieces one,
+control tokens none; a byte-level BPE token's characters), as nanoGPT-successors such as
+modded-nanogpt/nanochat count it.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,22 +20,6 @@ import torch.nn.functional as F
 from train.data import MixtureData
 from train.distributed import accelerator
 from train.metrics import Progress
-
-
-def token_byte_lengths(spm_model: Path, vocab_size: int) -> np.ndarray:
-    """UTF-8 bytes each token id decodes to, the denominator of bits per byte."""
-    import sentencepiece as spm
-
-    processor = spm.SentencePieceProcessor(model_file=str(spm_model))
-    lengths = np.zeros(vocab_size, dtype=np.int64)
-    for token_id in range(min(vocab_size, processor.get_piece_size())):
-        if processor.is_control(token_id) or processor.is_unknown(token_id):
-            continue
-        if processor.is_byte(token_id):
-            lengths[token_id] = 1
-        else:
-            lengths[token_id] = len(processor.id_to_piece(token_id).replace("\u2581", " ").encode("utf-8"))
-    return lengths
 
 
 def _all_reduce_sum(values: list[float]) -> list[float]:

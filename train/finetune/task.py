@@ -24,7 +24,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data_contract import Refusal
-from model.pretrained import TOKENIZER_FILE, load_pretrained, resolve_model_dir, save_pretrained
+from model.load import load_model_and_tokenizer
+from model.pretrained import save_pretrained
 from model.resize import add_tokens
 from train.distributed import gather_objects
 from train.finetune.examples import (
@@ -101,22 +102,14 @@ class FinetuneTask:
     """A pretrained GPT with GPT-1's special tokens and a head, trained on one task's JSONL examples."""
 
     def __init__(self, cfg: DictConfig, setup: RunSetup) -> None:
-        import sentencepiece as spm
-
         self.cfg, self.setup = cfg, setup
         self.spec = spec = TaskSpec.from_cfg(cfg.task)
         try:
-            self.model_dir = resolve_model_dir(cfg.init)
+            gpt, tokenizer, self.model_dir = load_model_and_tokenizer(cfg.init)
         except ValueError as bad:
             raise Refusal(f"init={cfg.init}: {bad}") from None
-        self.tokenizer_path = self.model_dir / TOKENIZER_FILE
-        if not self.tokenizer_path.is_file():
-            raise Refusal(f"init={cfg.init}: no {TOKENIZER_FILE} in {self.model_dir}; the model's sentencepiece "
-                            "model must sit beside it (the trainer's checkpoints export it there)")
-        tokenizer = spm.SentencePieceProcessor(model_file=str(self.tokenizer_path))
-        eos_id = tokenizer.eos_id() if tokenizer.eos_id() >= 0 else None
-
-        gpt = load_pretrained(self.model_dir).train()
+        eos_id = tokenizer.eos_id
+        gpt.train()
         special = None
         if spec.needs_special_tokens:
             special = SpecialTokens(*add_tokens(gpt, 3, torch.Generator().manual_seed(cfg.seed)))
@@ -189,7 +182,7 @@ class FinetuneTask:
     def export(self, engine: Any, weights: dict[str, torch.Tensor], folder: Path) -> None:
         from safetensors.torch import save_file
 
-        save_pretrained(engine.module.gpt, folder, tokenizer=self.tokenizer_path,
+        save_pretrained(engine.module.gpt, folder, tokenizer=self.model_dir,
                         state_dict={k.removeprefix("gpt."): v for k, v in weights.items() if k.startswith("gpt.")})
         head = {k.removeprefix("head."): v.contiguous() for k, v in weights.items() if k.startswith("head.")}
         if head:
