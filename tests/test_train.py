@@ -221,6 +221,24 @@ def test_refuses_a_mix_built_with_another_tokenizer(tmp_path: Path, data_root: P
     assert "was built with tokenizer" in result.stderr
 
 
+def test_time_budget_fixes_the_schedule_once_and_a_resume_keeps_it(tmp_path: Path, data_root: Path) -> None:
+    """train.time_budget_s ends the schedule at the step that fits (well before the plan's 291 steps here);
+    the decision is in the checkpoint, so the resumed job ends at the same step with the cosine at its floor."""
+    run_dir = tmp_path / "run"
+    settings = ("train.time_budget_s=10", "eval.every=0", "eval.sample_every=0", "checkpoint.every=0",
+                "schedule.warmup_steps=5", "precision=fp32")
+    first = launch(1, run_dir, data_root, *settings, "train.stop_at_step=6", launcher="python", check=False)
+    assert first.returncode == 75, first.stderr[-2000:]
+    assert "time budget 10 s: " in first.stderr
+    state = json.loads((run_dir / "checkpoints" / "step00000006" / "trainer_state.json").read_text())
+    decided = state["time_budget"]["total_steps"]
+    assert state["time_budget"]["budget_s"] == 10 and 6 < decided < 2330 // 8 and state["total_steps"] == decided
+    second = launch(1, run_dir, data_root, *settings, launcher="python")
+    assert "time budget" not in second.stderr  # kept, not decided again
+    rows = [row for row in read_metrics(run_dir) if "train/lr" in row]
+    assert rows[-1]["step"] == decided and rows[-1]["train/lr"] == pytest.approx(6e-4 * 0.1)
+
+
 def test_summary_command_reads_a_run_dir(tmp_path: Path) -> None:
     records = [{"step": 0, "val/unigram_bpb": 5.0}, {"step": 1, "val/loss": 6.0, "val/bpb": 6.5},
                {"step": 2, "train/loss": 7.0, "train/tokens_seen": 1e6, "train/tokens_per_sec": 900.0,

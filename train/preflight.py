@@ -10,7 +10,6 @@ second of the command; only then is the trainer imported and started.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -81,6 +80,8 @@ def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | Non
     cfg = typed(cfg, SCHEMAS[config_name])
     run_dirs.sweep_job_run_dir(cfg, sweep_override_dirname)
     request = run_dirs.resume_request(cfg)
+    if cfg.train.time_budget_s is not None and cfg.train.time_budget_s <= 0:
+        raise Refusal(f"train.time_budget_s={cfg.train.time_budget_s} must be a positive number of seconds (or null)")
     identity = pretrain_checks(cfg) if config_name == "pretrain" else finetune_checks(cfg)
     launch = resolve_env(dict(os.environ))
     grad_accum_steps(cfg.train.global_batch_size, cfg.train.micro_batch_size, launch.world_size)

@@ -86,6 +86,7 @@ class LoopSettings:
     log_every: int = 1
     threads_per_rank: Optional[int] = None
     collective_timeout_s: float = 1800.0
+    time_budget_s: Optional[float] = None
 
 
 @dataclass
@@ -150,6 +151,7 @@ class PretrainEvalSettings:
     sample_tokens: int = 32
     tasks: list[str] = field(default_factory=list)
     harness: str = "builtin"
+    eos_before_context: bool = False
     shots: int = 0
     fewshot_seed: int = 1234
     fewshot_separator: str = "\n\n"

@@ -44,6 +44,7 @@ from train.preflight import grad_accum_steps
 from train.run_dir import REQUEUE_MARKER, resume_request, rewind_metrics
 from train.run_identity import check_same_run
 from train.signals import EXIT_REQUEUE, StopRequest
+from train.time_budget import TimeBudget
 from train.watchdog import ProgressWatchdog
 
 log = logging.getLogger("train")
@@ -170,7 +171,9 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
             checkpoint.restore_rng(state["rng"][rank])
         task.load_state_dict(state)
         log.info("resumed from %s at step %d", resume.checkpoint, step)
-    total_steps = task.total_steps  # after the resume: an accepted change of batch re-divides the rest
+    budget = TimeBudget.from_state(cfg.train.get("time_budget_s"), resume.state if resume is not None else None)
+    # after the resume: an accepted change of batch re-divides the rest; a time budget decided earlier holds
+    total_steps = min(budget.total_steps or task.total_steps, task.total_steps)
     startup.mark("engine" + (" and resume" if resume is not None else ""))
     watchdog.beat()
 
@@ -201,6 +204,8 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
                          **task.state_dict(step)}
         if guard is not None:
             trainer_state["spike_guard"] = guard.state_dict()
+        if budget.state_dict() is not None:
+            trainer_state["time_budget"] = budget.state_dict()
         trainer_state["rng"] = gather_objects(checkpoint.rng_state(), world_size)
         export = (lambda weights, folder: task.export(engine, weights, folder)) if cfg.checkpoint.export_model else None
         began = time.perf_counter()
@@ -232,6 +237,11 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
         step += 1
         skipped, roll_back = guard.settle() if guard is not None else (False, False)
         step_time = time.perf_counter() - started
+        if budget.active and budget.total_steps is None:  # every rank decides on the same (mean) times
+            agreed_time = float(mean_across_ranks(torch.tensor(step_time)))
+            if budget.observe(step, agreed_time, total_steps) is not None:
+                total_steps = budget.total_steps
+                log.info(budget.describe())
 
         if step % cfg.train.log_every == 0 or skipped:
             names = list(sums)
