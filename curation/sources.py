@@ -92,9 +92,12 @@ def resolve_source(name: str, cfg: DictConfig, filters: DictConfig) -> Source:
 
 
 def selected_sources(cfg: DictConfig) -> list[Source]:
-    """The sources named by `only` (all configured ones when null), resolved and checked."""
+    """The sources named by `only`, resolved and checked; when null, the configured sources the mixture
+    names (every configured one without a mixture), so `mixture=gpt3` curates books1 and books2 and
+    `mixture=demo` the whole of books."""
     configured = list(cfg.get("sources") or {})
-    names = list(cfg.only) if cfg.get("only") else configured
+    mixture = list(cfg.mixture.sources) if cfg.get("mixture") else configured
+    names = list(cfg.only) if cfg.get("only") else [name for name in configured if name in mixture]
     for name in names:
         if name not in configured:
             raise Refusal(f"only: '{name}' is not a configured source; configured: {', '.join(configured)}")

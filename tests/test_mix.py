@@ -1,11 +1,13 @@
 """curation.mix: shares over every prefix, epochs, determinism, the window contract and bad input.
 
 Token files here are real datatrove-format files with random ids, written beside a tokens
-manifest exactly as curation.tokenize writes them; test_tokenize.py runs the mix on real text.
+manifest exactly as curation.tokenize writes them; test_tokenize.py runs the mix on real text, and
+the GPT-3 mixture is planned here over real token files of its five sources on the sample corpus.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,15 +15,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from datatrove.data import Document
+from datatrove.pipeline.writers import JsonlWriter
 
 from curation.mix import build_mix
 from curation.mixture_order import allocate_samples, drift_bounds, interleave, permute
+from curation.sources import selected_sources
+from curation.tokenize import tokenize_sources
+from curation.train_tokenizer import train_tokenizer
 from data_contract import MANIFEST, DataLayout, Refusal, token_file_entry, write_manifest
 from tests.commands import REPO
-from tests.curation_fixtures import compose_curate
+from tests.curation_fixtures import compose_curate, write_curated
 
 DEMO_SIZES = {"commoncrawl": [3000, 2000], "webtext2": [1500], "books": [40000, 30000], "wikipedia": [20000]}
 GPT3_TOKENS = {"commoncrawl": 410e9, "webtext2": 19e9, "books1": 12e9, "books2": 55e9, "wikipedia": 3e9}
+# Curation for GPT-3's mixture, as the README gives it: the books source's two halves in its place.
+GPT3_SOURCES = ("mixture=gpt3",)
 
 
 def write_tokens(data_root: Path, source: str, sizes: list[int], vocab_size: int = 1000) -> None:
@@ -249,3 +258,41 @@ def test_gpt3_300b_plan_from_counts_alone(tmp_path: Path) -> None:
         assert np.abs(np.bincount(prefix, minlength=5) / len(prefix) - targets).max() < 1e-6
     epochs = {s["name"]: round(s["epochs"], 2) for s in mixture["sources"]}
     assert epochs == {"commoncrawl": 0.43, "webtext2": 3.44, "books1": 1.98, "books2": 0.43, "wikipedia": 2.97}
+
+
+def test_gpt3_curation_reads_the_books_as_two_disjoint_halves(sample_corpus: Path, tmp_path: Path) -> None:
+    demo = {s.name: s for s in selected_sources(compose_curate(tmp_path, f"paths.raw_root={sample_corpus}"))}
+    cfg = compose_curate(tmp_path, f"paths.raw_root={sample_corpus}", *GPT3_SOURCES)
+    gpt3 = {s.name: s for s in selected_sources(cfg)}
+    assert sorted(gpt3) == sorted(cfg.mixture.sources)  # curation reads what the mixture weighs, nothing else
+    books1, books2 = set(gpt3["books1"].files), set(gpt3["books2"].files)
+    assert books1 and books2 and not books1 & books2
+    assert books1 | books2 == set(demo["books"].files) and len(demo["books"].files) == 7  # 6 Austen novels, Botchan
+    for half in ("books1", "books2"):  # read, cleaned and ranked as the books source is
+        assert dataclasses.replace(gpt3[half], name="books", files=demo["books"].files) == demo["books"]
+
+
+@pytest.mark.slow
+def test_gpt3_mixture_plans_over_the_token_files_of_its_five_sources(sample_corpus: Path, tmp_path: Path) -> None:
+    """The training-data stage of `curation.run mixture=gpt3` on curated sample documents, the books halves
+    holding the files their source configs read."""
+    cfg = compose_curate(tmp_path, f"paths.raw_root={sample_corpus}", *GPT3_SOURCES, "tokenizer.vocab_size=2048",
+                         "tokenizer.sample_bytes=2000000", "token_files.progress=false", "mix_plan.tokens=1000000",
+                         "mix_plan.seq_len=128")
+    write_curated(tmp_path, sample_corpus)  # commoncrawl, webtext2, wikipedia (and books, which gpt3 leaves out)
+    halves = {s.name: s.files for s in selected_sources(cfg) if s.name in ("books1", "books2")}
+    for name, files in halves.items():
+        with JsonlWriter(str(tmp_path / "curated" / name), output_filename="${rank}.jsonl.gz") as writer:
+            for path in files:
+                writer.write(Document(text=Path(path).read_text(), id=Path(path).name), rank=0)
+    train_tokenizer(cfg)
+    manifests = tokenize_sources(cfg)
+    mixture, plan_source, _ = load_plan(build_mix(cfg))
+    assert [s["name"] for s in mixture["sources"]] == list(GPT3_TOKENS) and not (tmp_path / "tokens/books").exists()
+    targets = np.array([0.60, 0.22, 0.08, 0.08, 0.03]) / 1.01
+    assert np.abs(np.bincount(plan_source, minlength=5) / len(plan_source) - targets).max() < 1e-3
+    for name, files in halves.items():
+        manifest = manifests[name]
+        assert manifest["documents"] + manifest["val_documents"] == len(files)
+        source = next(s for s in mixture["sources"] if s["name"] == name)
+        assert source["tokens_available"] == manifest["tokens"] > 0

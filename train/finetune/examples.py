@@ -1,4 +1,5 @@
-"""Fine-tuning examples: JSONL rows read through the field names of a `conf/task/*.yaml`, laid out as GPT-1 does.
+"""Fine-tuning examples: records of any file `datasets` reads, through the field names of a `conf/task/*.yaml`,
+laid out as GPT-1 does.
 
 Radford et al. 2018 (GPT-1), section 3.3: every task becomes token sequences the pretrained model
 can read, with a start token <s>, a delimiter $ and an extract token <e> added to the vocabulary;
@@ -10,14 +11,18 @@ the head reads the final hidden state at <e>.
     multiple_choice  <s> context $ answer_i <e>        one row per answer, scores soft-maxed
     instruction      template(instruction, input) response EOS   loss on the response only
 
-A task yaml names the JSONL fields for each role (`fields.text: review` for IMDb,
-`fields.premise: sentence1` for SNLI), so a user's data needs no conversion; a role may list
-several fields, which are joined with a space (RACE: `context: [article, question]`).
+A task yaml names the fields for each role (`fields.text: text` for IMDb, `fields.premise: sentence1`
+for SNLI), so a user's data needs no conversion; a role may list several fields, which are joined with
+a space (RACE: `context: [article, question]`). A task file is JSONL (read here, so a bad line is named
+by its number) or anything else `datasets` reads from a local file, chosen by suffix: Parquet as the
+hub ships IMDb, Alpaca's single JSON array, CSV, TSV, Arrow, compressed JSON/CSV; records are then
+named by their 1-based position.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +41,23 @@ ROLES = {
     "multiple_choice": ("context", "choices", "label"),
     "instruction": ("instruction", "input", "response"),
 }
+# Roles a record may leave out (missing, null or empty): an instruction without input takes the no-input template.
+OPTIONAL_ROLES = {"instruction": ("input",)}
+# Stanford Alpaca's prompts, as its README gives them (https://github.com/tatsu-lab/stanford_alpaca, "Data
+# Release"; its train.py leaves out the newline after "### Response:"): the templates of an instruction task
+# whose yaml sets none.
+ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
+                 "Write a response that appropriately completes the request.\n\n"
+                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. "
+                          "Write a response that appropriately completes the request.\n\n"
+                          "### Instruction:\n{instruction}\n\n### Response:\n")
+# `datasets` loaders of a task file by suffix (after a compression suffix datasets undoes); keyword arguments.
+DATASETS_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
+    ".jsonl": ("json", {}), ".json": ("json", {}), ".parquet": ("parquet", {}), ".csv": ("csv", {}),
+    ".tsv": ("csv", {"delimiter": "\t"}), ".arrow": ("arrow", {}),
+}
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 
 
 @dataclass(frozen=True)
@@ -69,7 +91,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A `conf/task/*.yaml`, checked: its kind, the JSONL fields of each role, its labels and prompt templates."""
+    """A `conf/task/*.yaml`, checked: its kind, the record fields of each role, its labels and prompt templates."""
 
     name: str
     kind: str
@@ -86,16 +108,24 @@ class TaskSpec:
         fields = {}
         for role in ROLES[kind]:
             names = task.fields.get(role) if task.get("fields") else None
+            if names is None and role in OPTIONAL_ROLES.get(kind, ()):
+                names = []
             if names is None:
-                raise Refusal(f"task.fields.{role} is missing: name the JSONL field that holds the {role} "
+                raise Refusal(f"task.fields.{role} is missing: name the record field that holds the {role} "
                                 f"of a {kind} example (task {task.name})")
             fields[role] = [names] if isinstance(names, str) else list(names)
         labels = [str(label) for label in task.labels] if task.get("labels") else None
         if kind in ("classification", "entailment") and not labels:
             raise Refusal(f"task.labels is missing for {kind} task {task.name}: list the label values, "
                             "e.g. labels: [entailment, neutral, contradiction]")
-        return cls(task.name, kind, fields, labels, task.get("prompt_template") or "",
-                   task.get("prompt_template_no_input") or "")
+        template, template_no_input = task.get("prompt_template") or "", task.get("prompt_template_no_input") or ""
+        if kind == "instruction":
+            if bool(template) != bool(template_no_input):
+                unset = "prompt_template_no_input" if template else "prompt_template"
+                raise Refusal(f"task.{unset} is missing for instruction task {task.name}: set both templates, "
+                              "or neither for Alpaca's")
+            template, template_no_input = template or ALPACA_PROMPT, template_no_input or ALPACA_PROMPT_NO_INPUT
+        return cls(task.name, kind, fields, labels, template, template_no_input)
 
     @property
     def needs_special_tokens(self) -> bool:
@@ -110,31 +140,75 @@ class TaskSpec:
         return 0 if self.kind == "instruction" else 1
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, record) of every non-blank line, or a refusal naming the file and line."""
+def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) of every example in a task file: `file:line` for JSONL, `file:record N` for any
+    other format, read by `datasets` from the local file (no hub involved); or a one-line refusal."""
     if not path.is_file():
         raise Refusal(f"no task data at {path}; build the sample tasks with `python -m train.build_task_sets` or "
-                        "point the task's train/validation keys at your JSONL")
-    records = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append((line_no, json.loads(line)))
-        except json.JSONDecodeError as bad:
-            raise Refusal(f"{path}:{line_no}: not JSON ({bad.msg}); one JSON object per line") from None
+                      "point task.train / task.validation at your file (JSONL, JSON, Parquet, CSV, ...)")
+    if path.suffix == ".jsonl":
+        records = [(f"{path}:{line_no}", record) for line_no, record in _read_jsonl(path)]
+    else:
+        records = [(f"{path}:record {n}", record) for n, record in enumerate(_read_with_datasets(path), 1)]
     if not records:
         raise Refusal(f"{path} holds no examples")
     return records
 
 
+def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every non-blank line, or a refusal naming the file and line."""
+    records = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as bad:
+            raise Refusal(f"{path}:{line_no}: not JSON ({bad.msg}); one JSON object per line") from None
+        if not isinstance(record, dict):
+            raise Refusal(f"{path}:{line_no}: a JSON {type(record).__name__}, not an object; one JSON object per line")
+        records.append((line_no, record))
+    return records
+
+
+def _read_with_datasets(path: Path) -> list[dict[str, Any]]:
+    """Every record of a file `datasets` reads, by the loader its suffix names. Its Arrow copy goes to a
+    temporary cache: the examples are held in memory for the run anyway, each rank converts its own (no
+    lock between ranks), and no copy of the user's data stays behind in ~/.cache."""
+    import datasets
+    from datasets.exceptions import DatasetsError
+    from pyarrow import ArrowException
+
+    uncompressed = Path(path.stem) if path.suffix in COMPRESSION_SUFFIXES else path
+    loader, options = DATASETS_FORMATS.get(uncompressed.suffix, (None, {}))
+    if loader is None:
+        raise Refusal(f"{path}: no known format in its name; name the file by its format ("
+                      f"{', '.join(DATASETS_FORMATS)}, optionally compressed: {', '.join(COMPRESSION_SUFFIXES)})")
+    with tempfile.TemporaryDirectory(prefix="task-data-") as cache:
+        try:
+            table = datasets.load_dataset(loader, data_files=str(path), split="train", cache_dir=cache,
+                                          keep_in_memory=True, **options)
+        except (DatasetsError, ArrowException, ValueError, OSError) as bad:
+            cause: BaseException = bad
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise Refusal(f"{path}: `datasets` cannot read it as {loader} ({reason}); check the file, or rename it "
+                          "for its real format") from None
+        return list(table)
+
+
 def _role(spec: TaskSpec, record: dict[str, Any], role: str, where: str) -> Any:
+    """A role's value: its one field, or its fields joined with a space; a missing or null field is refused,
+    except in an optional role, which is then empty."""
     names = spec.fields[role]
-    missing = [name for name in names if name not in record]
-    if missing:
-        raise Refusal(f"{where}: no field {missing[0]!r} (task.fields.{role}); fields present: "
-                        f"{', '.join(record)}")
-    values = [record[name] for name in names]
+    present = [name for name in names if record.get(name) is not None]
+    if len(present) < len(names) and role not in OPTIONAL_ROLES.get(spec.kind, ()):
+        missing = next(name for name in names if name not in present)
+        problem = f"field {missing!r} is null" if missing in record else f"no field {missing!r}"
+        raise Refusal(f"{where}: {problem} (task.fields.{role}); fields present: "
+                      f"{', '.join(k for k, v in record.items() if v is not None)}")
+    values = [record[name] for name in present]
     return values[0] if len(values) == 1 else " ".join(str(v) for v in values)
 
 
@@ -162,7 +236,7 @@ def _fit(first: list[int], second: list[int], budget: int) -> tuple[list[int], l
 
 def encode_example(spec: TaskSpec, record: dict[str, Any], encode: Callable[[str], list[int]],
                    special: SpecialTokens | None, eos_id: int | None, max_len: int, where: str) -> Example:
-    """One JSONL record -> the token rows of its layout, cut to `max_len` tokens per row."""
+    """One record -> the token rows of its layout, cut to `max_len` tokens per row."""
     if spec.kind == "instruction":
         instruction, given, response = (str(_role(spec, record, r, where)) for r in ROLES["instruction"])
         template = spec.prompt_template if given.strip() else spec.prompt_template_no_input
@@ -200,9 +274,9 @@ def encode_example(spec: TaskSpec, record: dict[str, Any], encode: Callable[[str
 
 def load_examples(spec: TaskSpec, path: Path, encode: Callable[[str], list[int]],
                   special: SpecialTokens | None, eos_id: int | None, max_len: int) -> list[Example]:
-    """Every example of a task's JSONL file, laid out for the model."""
-    examples = [encode_example(spec, record, encode, special, eos_id, max_len, f"{path}:{line_no}")
-                for line_no, record in read_jsonl(path)]
+    """Every example of a task file, laid out for the model."""
+    examples = [encode_example(spec, record, encode, special, eos_id, max_len, where)
+                for where, record in read_records(path)]
     widths = {len(example.rows) for example in examples}
     if len(widths) > 1:
         raise Refusal(f"{path}: examples have {sorted(widths)} choices; every example of a task needs the same "

@@ -58,7 +58,11 @@ def example_order(first: int, global_batch: int, n_examples: int, seed: int) -> 
 @torch.no_grad()
 def validate(engine: Any, spec: TaskSpec, examples: list[Example], micro_batch: int, pad_id: int,
              lm_weight: float, rank: int, world_size: int) -> dict[str, float]:
-    """Validation metrics over every example (collective: all ranks run the same number of forwards)."""
+    """Validation metrics over every example (collective: all ranks run the same number of forwards).
+
+    Accuracy comes with what it must beat: the share of the validation set's most frequent class
+    (`val/majority_baseline`, classification and entailment) or one over the number of answers
+    (`val/chance_baseline`, multiple choice), since a skewed set makes a high accuracy cheap."""
     from scipy.stats import pearsonr, spearmanr
 
     engine.eval()
@@ -95,6 +99,10 @@ def validate(engine: Any, spec: TaskSpec, examples: list[Example], micro_batch: 
         results["val/spearman"] = float(spearmanr(predicted, targets).statistic)
     else:
         results["val/accuracy"] = sum(p == t for p, t in zip(predicted, targets, strict=True)) / len(targets)
+        if spec.kind == "multiple_choice":
+            results["val/chance_baseline"] = 1.0 / len(examples[0].rows)
+        else:
+            results["val/majority_baseline"] = max(targets.count(t) for t in set(targets)) / len(targets)
     return results
 
 
