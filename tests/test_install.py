@@ -30,7 +30,7 @@ def test_the_stock_pip_of_a_fresh_venv_resolves_the_pinned_environment(tmp_path:
     run_command([*pip, "install", "-q", "torch==2.13.0"], check=True)
     report = tmp_path / "report.json"
     run_command([*pip, "install", "--dry-run", "-q", "--report", str(report), "-c", "constraints.txt", "-e",
-                 ".[dev]"], check=True)
+                 ".[dev,eval]"], check=True)
 
     resolved = {_name(item["metadata"]["name"]): item["metadata"]["version"]
                 for item in json.loads(report.read_text())["install"]}

@@ -1,24 +1,40 @@
-"""Zero-shot multiple choice: pick the answer the model finds most likely after the context.
+"""Zero- and few-shot multiple choice: pick the answer the model finds most likely after the context.
 
-Each answer is scored by the log-likelihood of its tokens given the context, as in the GPT-3 paper
-(Brown et al. 2020, section 2.4) and EleutherAI's lm-evaluation-harness:
+The scoring follows EleutherAI's lm-evaluation-harness (lm-eval 0.4.13: `TemplateLM._encode_pair` and
+`loglikelihood` in lm_eval/api/model.py, `ConfigurableTask.process_results` in lm_eval/api/task.py), so a
+number here and lm-eval's on the same set are the same number (tests/test_lm_eval.py checks it):
+  - an answer is the continuation " " + answer (lm-eval's `target_delimiter`) of the context;
+  - context + continuation is encoded whole and the continuation's tokens are those past the context's
+    own encoding (whitespace ending the context moves into the continuation); nothing goes before the
+    context (an empty context is the EOS token, lm-eval's `prefix_token_id`), unless `eos_before_context`
+    asks for EOS first, as lm-eval's HF model does with `add_bos_token=True` on a GPT-2-style tokenizer:
+    documents start after an EOS in this project's pretraining, and a small model may depend on it;
+  - a sequence longer than the model's block loses its oldest tokens: with few-shot, the oldest shots.
+Metrics of a set:
   acc           the answer with the highest summed log-probability;
-  acc_norm      ... divided by the answer's length in UTF-8 bytes (lm-eval's `acc_norm`);
-  acc_per_token ... divided by its number of tokens (the GPT-3 paper's normalisation).
-Every context starts with EOS, i.e. as a new document did in pretraining; a context too long for
-the model loses its oldest tokens.
+  acc_norm      ... divided by the answer's length in characters (lm-eval's `acc_norm` divides by
+                `len(choice)` of the string; its `acc_bytes` is the UTF-8 byte variant);
+  acc_per_token ... divided by its number of tokens (the GPT-3 paper's length normalisation);
+  chance        the mean of 1/choices over the items: what guessing scores, beside the accuracies.
+
+Few-shot is GPT-3's protocol (Brown et al. 2020, section 2.4): before each item go k examples drawn at
+random from the task's training split, each its context + " " + its right answer, joined by a
+separator ("\n\n", GPT-3's and lm-eval's default). The draw is a function of (seed, item index), so any
+number of ranks sees the same shots, and an example equal to the item is never drawn (GPT-3 drew from
+the development set for tasks without a training split: `fewshot_from=self` here).
 
 Two JSONL formats are read: this project's `{"context", "choices", "label"}` (written by
 `python -m train.build_task_sets`) and HellaSwag's released files (`ctx_a`, `ctx_b`, `activity_label`,
 `endings`, `label`), prepared the way lm-eval prepares them. The same code scores a saved model
-(`python -m train.evaluate`, train/evaluate.py) and runs in pretraining's evaluations
-(`eval.tasks=[...]`), where every rank takes its share of the items and all ranks run the same
-number of forwards, as ZeRO-3 requires.
+(`python -m train.evaluate`, train/evaluate.py), runs in pretraining's evaluations (`eval.tasks=[...]`),
+where every rank takes its share of the items and all ranks run the same number of forwards, as ZeRO-3
+requires, and scores lm-eval's requests in train/lm_eval_adapter.py.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,10 +42,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from omegaconf import DictConfig
 
+from data_contract import Refusal
+from model.tokenizer import TextTokenizer
 from train.metrics import Progress
 
 SPLIT_NAMES = frozenset({"train", "validation", "val", "dev", "test"})
+TARGET_DELIMITER = " "  # lm-eval's default target_delimiter, between a context and its answer
+SHOTS_FROM_SELF = "self"  # fewshot_from value: draw the shots from the set being scored
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,20 @@ class Item:
     context: str
     choices: list[str]
     label: int
+
+
+@dataclass(frozen=True)
+class FewShot:
+    """How many solved examples go before each item, where they are drawn from and how they are joined.
+
+    `source`: None takes the set's own training split (`train_split_of`), SHOTS_FROM_SELF the set itself,
+    anything else is the path of a JSONL set to draw from.
+    """
+
+    shots: int = 0
+    seed: int = 1234  # lm-eval's default fewshot_random_seed
+    separator: str = "\n\n"
+    source: str | None = None
 
 
 def _hellaswag_clean(text: str) -> str:
@@ -76,66 +111,157 @@ def set_name(path: Path) -> str:
     return path.parent.name if path.stem in SPLIT_NAMES else path.stem
 
 
+def train_split_of(path: Path) -> Path | None:
+    """The training split beside a set, by name: `<dir>/train.jsonl` for `<dir>/validation.jsonl` (the sets
+    of `python -m train.build_task_sets`), `hellaswag_train.jsonl` for `hellaswag_val.jsonl`; None for a
+    name without a split in it."""
+    if path.stem in SPLIT_NAMES:
+        return path.with_name(f"train{path.suffix}")
+    head, _, split = path.stem.rpartition("_")
+    return path.with_name(f"{head}_train{path.suffix}") if head and split in SPLIT_NAMES else None
+
+
+def shot_pool(path: Path, items: list[Item], fewshot: FewShot) -> list[Item]:
+    """The examples the shots of the set at `path` are drawn from (none for zero-shot)."""
+    if fewshot.shots < 0:
+        raise ValueError(f"shots={fewshot.shots}: give 0 (zero-shot) or more examples per item")
+    if fewshot.shots == 0:
+        return []
+    if fewshot.source == SHOTS_FROM_SELF:
+        pool_path, pool = path, items
+    else:
+        pool_path = Path(fewshot.source) if fewshot.source else train_split_of(path)
+        if pool_path is None or not pool_path.is_file():
+            beside = f" ({pool_path.name} is not beside it)" if pool_path else ""
+            raise ValueError(f"{path}: no training split to draw {fewshot.shots} shots from{beside}; pass "
+                             "fewshot_from=PATH.jsonl, or fewshot_from=self to draw from the set itself")
+        pool = load_items(pool_path)
+    needed = fewshot.shots + (fewshot.source == SHOTS_FROM_SELF)
+    if len(pool) < needed:
+        raise ValueError(f"{pool_path}: {len(pool)} examples, too few for shots={fewshot.shots} "
+                         f"(draws need {needed}); lower shots or use a larger training split")
+    return pool
+
+
+def draw_shots(pool: Sequence[Item], item: Item, index: int, fewshot: FewShot) -> list[Item]:
+    """`fewshot.shots` examples of `pool` for item number `index`, at random (seeded by seed and index),
+    never one equal to the item itself."""
+    if fewshot.shots == 0:
+        return []
+    rng = random.Random(f"{fewshot.seed}:{index}")
+    drawn = [pool[j] for j in rng.sample(range(len(pool)), min(len(pool), fewshot.shots + 1))]
+    shots = [shot for shot in drawn if shot != item][: fewshot.shots]
+    if len(shots) < fewshot.shots:  # the pool holds the item more than once
+        others = [shot for shot in pool if shot != item]
+        if len(others) < fewshot.shots:
+            raise ValueError(f"item {index}: only {len(others)} examples differ from it, fewer than "
+                             f"shots={fewshot.shots}")
+        shots = rng.sample(others, fewshot.shots)
+    return shots
+
+
+def prompt(item: Item, shots: Sequence[Item], separator: str) -> str:
+    """The context an item's answers are scored after: each shot solved, then the item's own context."""
+    solved = [f"{shot.context}{TARGET_DELIMITER}{shot.choices[shot.label]}" for shot in shots]
+    return separator.join([*solved, item.context])
+
+
+def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str, prefix_id: int | None,
+                eos_before_context: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) as lm-eval's causal models make them: the whole string
+    encoded, split where the context's own encoding ends; trailing whitespace of the context belongs to
+    the continuation; an empty context is `prefix_id` (EOS), which `eos_before_context` puts first always."""
+    stripped = context.rstrip()
+    continuation = context[len(stripped):] + continuation
+    if (not stripped or eos_before_context) and prefix_id is None:
+        raise ValueError("a context is scored after the EOS token here, and this tokenizer has none")
+    if not stripped:
+        ids = encode(continuation)
+        return ([prefix_id], ids) if ids[:1] != [prefix_id] else (ids[:1], ids[1:])
+    context_ids = encode(stripped)
+    first = [prefix_id] if eos_before_context else []
+    return first + context_ids, encode(stripped + continuation)[len(context_ids):]
+
+
+def model_device(module: torch.nn.Module) -> torch.device:
+    """Where the model's inputs go (under ZeRO-3 a partitioned parameter still sits on the rank's device)."""
+    return next(module.parameters()).device
+
+
 @torch.no_grad()
-def choice_logprobs(forward: Callable[[torch.Tensor], torch.Tensor], item: Item,
-                    encode: Callable[[str], list[int]], bos_id: int | None,
-                    block_size: int) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each answer after the context, in one forward."""
-    context = ([bos_id] if bos_id is not None else []) + encode(item.context)
-    answers = [encode(choice) for choice in item.choices]
+def score_continuations(forward: Callable[[torch.Tensor], torch.Tensor],
+                        pairs: Sequence[tuple[list[int], list[int]]], block_size: int,
+                        device: torch.device) -> list[tuple[float, bool]]:
+    """(summed log-probability, greedy?) of each continuation after its context, all pairs in one forward.
+
+    A pair longer than block_size + 1 tokens loses its oldest; rows are padded on the right, which a
+    causal model never attends to. `greedy`: every continuation token is the model's top choice.
+    """
     rows = []
-    for answer in answers:
-        row = (context + answer)[-(block_size + 1):]
-        rows.append(row)
-    length = max(len(row) for row in rows) - 1
-    idx = torch.zeros(len(rows), length, dtype=torch.long)
+    for context, continuation in pairs:
+        if not continuation:
+            raise ValueError("a continuation that encodes to no tokens cannot be scored")
+        rows.append((context + continuation)[-(block_size + 1):])
+    idx = torch.zeros(len(rows), max(len(row) for row in rows) - 1, dtype=torch.long)
     for i, row in enumerate(rows):
         idx[i, : len(row) - 1] = torch.tensor(row[:-1])
-    logprobs = forward(idx).float().log_softmax(dim=-1)
+    logits = forward(idx.to(device))
     scores = []
-    for i, (row, answer) in enumerate(zip(rows, answers, strict=True)):
-        n = min(len(answer), len(row) - 1)
-        positions = torch.arange(len(row) - 1 - n, len(row) - 1)
-        targets = torch.tensor(row[-n:])
-        scores.append((float(logprobs[i, positions, targets].sum()), n))
+    for i, (row, (_, continuation)) in enumerate(zip(rows, pairs, strict=True)):
+        n = min(len(continuation), len(row) - 1)
+        targets = torch.tensor(row[len(row) - n:], device=logits.device)
+        # only the continuation's positions, in at least float32 (bf16 logits are upcast, float64 kept)
+        scored = logits[i, len(row) - 1 - n: len(row) - 1]
+        scored = scored.to(torch.promote_types(scored.dtype, torch.float32)).log_softmax(dim=-1)
+        scores.append((float(scored.gather(-1, targets[:, None]).sum()), bool((scored.argmax(-1) == targets).all())))
     return scores
 
 
 def accuracy(items: Sequence[Item], scores: Sequence[Sequence[tuple[float, int]]]) -> dict[str, float]:
-    """acc, acc_norm and acc_per_token over `items`, given each answer's (log-probability, tokens)."""
+    """acc, acc_norm, acc_per_token and chance over `items`, given each answer's (log-probability, tokens)."""
     correct = {"acc": 0, "acc_norm": 0, "acc_per_token": 0}
     for item, item_scores in zip(items, scores, strict=True):
         sums = [s for s, _ in item_scores]
-        per_byte = [s / max(len(c.encode("utf-8")), 1) for (s, _), c in zip(item_scores, item.choices, strict=True)]
+        per_char = [s / max(len(c), 1) for (s, _), c in zip(item_scores, item.choices, strict=True)]
         per_token = [s / max(n, 1) for s, n in item_scores]
-        for key, values in (("acc", sums), ("acc_norm", per_byte), ("acc_per_token", per_token)):
+        for key, values in (("acc", sums), ("acc_norm", per_char), ("acc_per_token", per_token)):
             correct[key] += max(range(len(values)), key=values.__getitem__) == item.label
-    return {key: count / max(len(items), 1) for key, count in correct.items()}
+    results = {key: count / max(len(items), 1) for key, count in correct.items()}
+    results["chance"] = sum(1 / len(item.choices) for item in items) / max(len(items), 1)
+    return results
 
 
 def zero_shot_metrics(engine: torch.nn.Module, paths: Sequence[str], encode: Callable[[str], list[int]],
-                      bos_id: int | None, rank: int, world_size: int) -> dict[str, float]:
-    """`eval/<set>/{acc,acc_norm,acc_per_token}` for each set, in the training loop (collective).
+                      prefix_id: int | None, rank: int, world_size: int, fewshot: FewShot = FewShot(),
+                      eos_before_context: bool = False) -> dict[str, float]:
+    """`eval/<set>/{acc,acc_norm,acc_per_token,chance}` for each set, zero- or few-shot (collective).
 
-    Rank r scores items r, r + world_size, ...; ranks with fewer items repeat one, unscored, so
-    that every rank runs the same number of forwards.
+    `prefix_id` (the EOS token) stands for an empty context, and goes first with `eos_before_context`.
+    Rank r scores items r, r + world_size, ...; ranks with fewer items repeat one, unscored, so that every
+    rank runs the same number of forwards.
     """
     module = getattr(engine, "module", engine)
-    block_size = module.config.block_size
+    block_size, device = module.config.block_size, model_device(module)
     was_training = module.training
     engine.eval()
     results: dict[str, float] = {}
     for path_name in paths:
         path = Path(path_name)
         items = load_items(path)
+        pool = shot_pool(path, items, fewshot)
         rounds = -(-len(items) // world_size)
         mine: list[tuple[int, list[tuple[float, int]]]] = []
-        progress = Progress(f"zero-shot {set_name(path)}, items", len(items), rank == 0)
+        progress = Progress(f"{fewshot.shots}-shot {set_name(path)}, items", len(items), rank == 0)
         for k in range(rounds):
-            index = k * world_size + rank
-            scores = choice_logprobs(engine, items[min(index, len(items) - 1)], encode, bos_id, block_size)
-            if index < len(items):
-                mine.append((index, scores))
+            index = min(k * world_size + rank, len(items) - 1)
+            item = items[index]
+            context = prompt(item, draw_shots(pool, item, index, fewshot), fewshot.separator)
+            pairs = [encode_pair(encode, context, TARGET_DELIMITER + choice, prefix_id, eos_before_context)
+                     for choice in item.choices]
+            scores = score_continuations(engine, pairs, block_size, device)
+            if k * world_size + rank < len(items):
+                mine.append((index, [(logprob, len(answer))
+                                     for (logprob, _), (_, answer) in zip(scores, pairs, strict=True)]))
             progress.update(min((k + 1) * world_size, len(items)))
         gathered: list[list[tuple[int, list[tuple[float, int]]]]] = [mine]
         if dist.is_initialized() and world_size > 1:
@@ -146,3 +272,38 @@ def zero_shot_metrics(engine: torch.nn.Module, paths: Sequence[str], encode: Cal
             results[f"eval/{set_name(path)}/{key}"] = value
     engine.train(was_training)
     return results
+
+
+def eval_fewshot(eval_cfg: DictConfig) -> FewShot:
+    """The few-shot settings of a config section (pretraining's `eval`, or train.evaluate's root)."""
+    source = eval_cfg.fewshot_from
+    return FewShot(int(eval_cfg.shots), int(eval_cfg.fewshot_seed), str(eval_cfg.fewshot_separator),
+                   None if source is None else str(source))
+
+
+def check_eval_tasks(eval_cfg: DictConfig) -> None:
+    """Refuse at the start of training what the first evaluation would fail on: a missing set or shot
+    source, an lm-eval task that is not found, lm-eval not installed."""
+    try:
+        if eval_cfg.harness == "lm_eval":
+            from train.lm_eval_adapter import task_manager
+
+            task_manager(tuple(eval_cfg.tasks), tuple(eval_cfg.lm_eval_include))
+        else:
+            for path_name in eval_cfg.tasks:
+                shot_pool(Path(path_name), load_items(Path(path_name)), eval_fewshot(eval_cfg))
+    except ValueError as bad:
+        raise Refusal(f"eval.tasks: {bad}") from None
+
+
+def task_metrics(engine: torch.nn.Module, eval_cfg: DictConfig, tokenizer: TextTokenizer, batch_size: int,
+                 rank: int, world_size: int) -> dict[str, float]:
+    """Pretraining's `eval.tasks` at an evaluation: JSONL sets scored here, or lm-eval's tasks with
+    `eval.harness=lm_eval` (`batch_size` requests per forward); the same metrics on every rank (collective)."""
+    if eval_cfg.harness == "lm_eval":
+        from train.lm_eval_adapter import lm_eval_metrics
+
+        return lm_eval_metrics(engine, tokenizer, list(eval_cfg.tasks), list(eval_cfg.lm_eval_include),
+                               eval_fewshot(eval_cfg), batch_size, rank, world_size, eval_cfg.eos_before_context)
+    return zero_shot_metrics(engine, list(eval_cfg.tasks), tokenizer.encode, tokenizer.eos_id, rank, world_size,
+                             eval_fewshot(eval_cfg), eval_cfg.eos_before_context)
