@@ -25,15 +25,17 @@ export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
 setup: $(STAMP)
 
-# Torch first, from TORCH_SPEC, so that a CPU box never resolves a multi-GB CUDA build. The editable
-# install is a path entry for the checkout (compat mode): setuptools' import-hook mode warns about
-# same-named folders in the working directory on every install.
+# Torch first, with pip, from TORCH_SPEC and pip's own configuration (where a site points at its CPU or CUDA
+# build), so that a CPU box never resolves a multi-GB CUDA build; then uv installs the pinned rest
+# (constraints.txt) in a fraction of pip's time (INSTALL='$(BIN)/python -m pip install' uses pip for it too);
+# then DeepSpeed's CPU op and the compiled CPU kernels are built once (train/prebuild.py), not in a first step.
+INSTALL ?= $(BIN)/uv pip install --python $(BIN)/python
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt \
-		--config-settings editable_mode=compat -e ".[dev,eval]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt uv "$(TORCH_SPEC)"
+	$(INSTALL) -q -c constraints.txt -e ".[dev,eval]"
+	$(BIN)/python -m train.prebuild
 	touch $(STAMP)
 
 # Pin the environment a fresh `make setup` resolves today (torch stays with TORCH_SPEC); commit the result.
