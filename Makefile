@@ -10,33 +10,39 @@ TORCH_SPEC ?= torch==2.13.0
 DATA_RAW ?= data/raw
 PYTEST_ARGS ?=
 DEMO_RUN ?= runs/tiny-demo
-# Tiny-model training on 2 CPU ranks for three minutes of steps: the time budget fits the schedule to what
+# Tiny-model training on 2 CPU ranks for two and a half minutes of steps: the time budget fits the schedule to what
 # the CPU does (precision=auto: fp32 without fast bf16, bf16 with AMX), so any 2-core machine beats the
 # unigram baseline in the same time.
-DEMO_TRAIN ?= model=tiny mixture=demo train.time_budget_s=180 eval.every=50 eval.sample_every=100 checkpoint.every=100
+DEMO_TRAIN ?= model=tiny mixture=demo train.time_budget_s=150 eval.every=50 eval.sample_every=100 checkpoint.every=100
 STAMP := $(VENV)/.installed
+PREBUILT := $(VENV)/.prebuilt
 
 export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 # DeepSpeed JIT-builds a comm op on first use; one cache per venv, so two checkouts do not rebuild each other's.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch-extensions
 
-.PHONY: setup lock data cluster demo test bench gpu-check lint
+.PHONY: setup prebuild lock data cluster demo curate-demo test bench gpu-check lint
 
 setup: $(STAMP)
 
 # Torch first, with pip, from TORCH_SPEC and pip's own configuration (where a site points at its CPU or CUDA
 # build), so that a CPU box never resolves a multi-GB CUDA build; then uv installs the pinned rest
-# (constraints.txt) in a fraction of pip's time (INSTALL='$(BIN)/python -m pip install' uses pip for it too);
-# then DeepSpeed's CPU op and the compiled CPU kernels are built once (train/prebuild.py), not in a first step.
+# (constraints.txt) in a fraction of pip's time (INSTALL='$(BIN)/python -m pip install' uses pip for it too).
 INSTALL ?= $(BIN)/uv pip install --python $(BIN)/python
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt uv "$(TORCH_SPEC)"
 	$(INSTALL) -q -c constraints.txt -e ".[dev,eval]"
-	$(BIN)/python -m train.prebuild
 	touch $(STAMP)
+
+# DeepSpeed's CPU collective op and the compiled CPU kernels, built once per environment rather than in
+# a first training step (train/prebuild.py).
+prebuild: $(PREBUILT)
+$(PREBUILT): $(STAMP)
+	$(BIN)/python -m train.prebuild
+	touch $(PREBUILT)
 
 # Pin the environment a fresh `make setup` resolves today (torch stays with TORCH_SPEC); commit the result.
 lock: setup
@@ -52,16 +58,20 @@ cluster:
 
 # Curation (filter, dedup, quality, report, tokenizer, token files, mixture plan), then 2-rank
 # ZeRO-3 training; a rerun skips finished curation tasks and resumes from the final checkpoint.
-demo: setup data
-	$(BIN)/python -m curation.run tokenizer=demo
+# The prebuild runs beside the download and curation, which leave a core idle much of the time.
+demo: setup
+	@$(MAKE) --no-print-directory -j2 prebuild curate-demo
 	$(BIN)/deepspeed --num_gpus 2 --module train run_dir=$(DEMO_RUN) $(DEMO_TRAIN)
 	@echo "================ demo summary"
 	@echo "curation report: data/report/curation.md (funnel: data/report/funnel.png)"
 	@$(BIN)/python -m train.summary run_dir=$(DEMO_RUN)
 
+curate-demo: data
+	$(BIN)/python -m curation.run tokenizer=demo
+
 # The cluster is started when this machine can (root, or Slurm already there); the `slurm` tests
 # skip without it, and fail without it under CI=true.
-test: setup data
+test: setup data prebuild
 	@if [ "$$(id -u)" = 0 ] || command -v sinfo >/dev/null; then \
 		slurm/local-cluster.sh up || echo "make test: no local cluster; slurm tests will skip (fail under CI=true)"; \
 	fi
@@ -69,7 +79,7 @@ test: setup data
 
 # Every bench/*.py module, each printing its ratios against a peer. bench/litgpt_race.py builds litgpt's own
 # environment (bench/.venv-litgpt, from PyPI) on first use, and prints a skip where it cannot.
-bench: setup data
+bench: setup data prebuild
 	@mkdir -p bench/results
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
 
