@@ -372,27 +372,57 @@ def byte_level_bpe(folder: Path) -> Any:
     return bpe._tokenizer
 
 
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """The files of the tokenizer a folder holds: a sentencepiece model, or a byte-level BPE as
+    `vocab.json` + `merges.txt` (GPT-2's release), as a `tokenizer.json`, or both."""
+
+    sentencepiece: Path | None = None
+    vocab_merges: tuple[Path, Path] | None = None
+    tokenizer_json: Path | None = None
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.sentencepiece, *(self.vocab_merges or ()), self.tokenizer_json) if p is not None]
+
+
+TOKENIZER_FILES_WANTED = (f"{TOKENIZER_MODEL} or {SAVED_SPM_MODEL} of sentencepiece, {BPE_VOCAB} + {BPE_MERGES} of a "
+                          f"byte-level BPE, or {BPE_TOKENIZER_JSON}")
+
+
+def tokenizer_files(folder: Path) -> TokenizerFiles | None:
+    """What tokenizer `folder` holds (a saved model's `tokenizer.model` or a data root's `spm.model` first),
+    or None; TOKENIZER_FILES_WANTED says what it looks for."""
+    folder = Path(folder)
+    spm_model = next((folder / n for n in (SAVED_SPM_MODEL, TOKENIZER_MODEL) if (folder / n).is_file()), None)
+    if spm_model is not None:
+        return TokenizerFiles(sentencepiece=spm_model)
+    vocab, merges, tokenizer_json = folder / BPE_VOCAB, folder / BPE_MERGES, folder / BPE_TOKENIZER_JSON
+    found = TokenizerFiles(vocab_merges=(vocab, merges) if vocab.is_file() and merges.is_file() else None,
+                           tokenizer_json=tokenizer_json if tokenizer_json.is_file() else None)
+    return found if found.files() else None
+
+
 def tokenizer_identity(folder: Path) -> str:
     """A sha256 that names a tokenizer whatever the formatting of its files: a sentencepiece model's
     own sha256; for byte-level BPE, the sha256 of its vocabulary (sorted JSON) and merges (one pair a
     line), read from `vocab.json` + `merges.txt` or from a `tokenizer.json` (transformers 5 saves only
     that), so GPT-2's release and any saved copy of it are the same tokenizer."""
-    folder = Path(folder)
-    for name in (TOKENIZER_MODEL, SAVED_SPM_MODEL):
-        if (folder / name).is_file():
-            return sha256_file(folder / name)
-    if (folder / BPE_VOCAB).is_file() and (folder / BPE_MERGES).is_file():
-        vocab = json.loads((folder / BPE_VOCAB).read_text(encoding="utf-8"))
-        merges = [line for line in (folder / BPE_MERGES).read_text(encoding="utf-8").splitlines()
+    found = tokenizer_files(folder)
+    if found is None:
+        raise Refusal(f"{folder}: no tokenizer ({TOKENIZER_FILES_WANTED})")
+    if found.sentencepiece is not None:
+        return sha256_file(found.sentencepiece)
+    if found.vocab_merges is not None:
+        vocab_file, merges_file = found.vocab_merges
+        vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+        merges = [line for line in merges_file.read_text(encoding="utf-8").splitlines()
                   if line and not line.startswith("#version")]
-    elif (folder / BPE_TOKENIZER_JSON).is_file():
-        model = json.loads((folder / BPE_TOKENIZER_JSON).read_text(encoding="utf-8"))["model"]
+    else:
+        assert found.tokenizer_json is not None
+        model = json.loads(found.tokenizer_json.read_text(encoding="utf-8"))["model"]
         if model.get("type") != "BPE":
-            return sha256_file(folder / BPE_TOKENIZER_JSON)
+            return sha256_file(found.tokenizer_json)
         vocab = model["vocab"]
         merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
-    else:
-        raise Refusal(f"{folder}: no tokenizer ({TOKENIZER_MODEL} or {SAVED_SPM_MODEL} of sentencepiece, "
-                      f"{BPE_VOCAB} + {BPE_MERGES} of a byte-level BPE, or {BPE_TOKENIZER_JSON})")
     canonical = json.dumps(vocab, sort_keys=True, ensure_ascii=False) + "\n" + "\n".join(merges)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -51,6 +51,7 @@ from bench.train import (
     run_trainer,
 )
 from model import GPTConfig
+from model.flops import flops_per_token
 from model.pretrained import load_pretrained
 from model.tokenizer import load_tokenizer
 from train.data import MixtureData
@@ -271,8 +272,10 @@ def main() -> None:
             records = run_trainer(RANKS, steps, root, run_dir, "checkpoint.export_model=true")
             wall = time.perf_counter() - started
             steps_logged = [r for r in records if "train/step_time_s" in r]
-            return run_figures(wall, [r["train/step_time_s"] for r in steps_logged],
-                               [r["train/loss"] for r in steps_logged], score(load_pretrained(run_dir).eval()))
+            peak = next(r["sys/peak_flops"] for r in records if "sys/peak_flops" in r)
+            return {**run_figures(wall, [r["train/step_time_s"] for r in steps_logged],
+                                  [r["train/loss"] for r in steps_logged], score(load_pretrained(run_dir).eval())),
+                    "peak_flops_per_rank": peak}
 
         def race_litgpt(round_dir: Path) -> dict[str, Any]:
             folder = round_dir / "litgpt"
@@ -316,6 +319,14 @@ def main() -> None:
     print(f"litgpt / trainer median step: {step_ratio:.2f}x (target >= {TARGET_STEP_RATIO}x); "
           f"litgpt / trainer wall: {wall_ratio:.2f}x (target > 1x); same precision ({PRECISION}); "
           "val scored by train/val_loss.py for both")
+    # Both compute the same FLOPs per token (model.flops: the positions' lookup or rotation is negligible), so the
+    # share of the machine's matmul rate (the trainer's probe, train/metrics.py) bounds what any ratio can be.
+    flops_per_step = flops_per_token(config, data.seq_len) * GLOBAL_BATCH * data.seq_len
+    peak = statistics.median(run["peak_flops_per_rank"] for run in runs["trainer"]) * RANKS
+    share = {name: flops_per_step / pooled_median_step(name) / peak for name in runs}
+    print(f"share of the measured {PRECISION} matmul rate ({peak / 1e9:.0f} GFLOP/s over {RANKS} ranks): trainer "
+          f"{share['trainer']:.0%}, litgpt {share['litgpt']:.0%}; a {TARGET_STEP_RATIO}x faster step than litgpt's "
+          f"needs {TARGET_STEP_RATIO * share['litgpt']:.0%}")
     print("what differs:")
     for difference in DIFFERENCES:
         print(f"  - {difference}")
@@ -330,6 +341,7 @@ def main() -> None:
         "median_step_s": {name: pooled_median_step(name) for name in runs},
         "ratio_litgpt_over_trainer": {"median_step": step_ratio, "wall": wall_ratio},
         "targets": {"median_step": TARGET_STEP_RATIO, "wall": 1.0}, "differences": list(DIFFERENCES),
+        "flops_per_step": flops_per_step, "peak_flops": peak, "share_of_peak": share,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -94,16 +94,17 @@ def _train(samples: dict[str, list[str]], cfg: DictConfig, total_bytes: int) -> 
     return model.getvalue()
 
 
-def _install_gpt2(released: Path, folder: Path) -> dict[str, Any]:
-    """GPT-2's released files into `folder`, and `tokenizer.json` built from them; returns their description."""
+def _install_gpt2(released: Path, folder: Path) -> tuple[Any, dict[str, Any]]:
+    """GPT-2's released files into `folder`, and `tokenizer.json` built from them; returns the tokenizer
+    and its description."""
     for name in (BPE_VOCAB, BPE_MERGES):
         write_atomic(folder / name, (released / name).read_bytes())
     tokenizer = byte_level_bpe(folder)
     write_atomic(folder / BPE_TOKENIZER_JSON, tokenizer.to_str())
     eos_id = tokenizer.token_to_id(GPT2_EOS)
-    return {"model": BPE_TOKENIZER_JSON, "kind": "gpt2", "vocab_size": tokenizer.get_vocab_size(),
-            "eos_id": eos_id, "bos_id": eos_id, "unk_id": -1, "pad_id": -1, "normalization": "none",
-            "byte_level": True}
+    return tokenizer, {"model": BPE_TOKENIZER_JSON, "kind": "gpt2", "vocab_size": tokenizer.get_vocab_size(),
+                       "eos_id": eos_id, "bos_id": eos_id, "unk_id": -1, "pad_id": -1, "normalization": "none",
+                       "byte_level": True}
 
 
 def train_tokenizer(cfg: DictConfig) -> Path:
@@ -133,8 +134,7 @@ def train_tokenizer(cfg: DictConfig) -> Path:
     for name in (TOKENIZER_MODEL, BPE_VOCAB, BPE_MERGES, BPE_TOKENIZER_JSON):  # the other kind's files are stale
         (layout.tokenizer / name).unlink(missing_ok=True)
     if released is not None:
-        description: dict[str, Any] = _install_gpt2(released, layout.tokenizer)
-        bpe = byte_level_bpe(layout.tokenizer)
+        bpe, description = _install_gpt2(released, layout.tokenizer)
         sample_tokens = {name: sum(len(e.ids) for e in bpe.encode_batch(texts)) for name, texts in samples.items()}
     else:
         processor = spm.SentencePieceProcessor(model_proto=model)

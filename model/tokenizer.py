@@ -17,13 +17,12 @@ import sentencepiece
 from tokenizers import Tokenizer, decoders
 
 from data_contract import (
-    BPE_MERGES,
     BPE_TOKENIZER_JSON,
-    BPE_VOCAB,
     GPT2_EOS,
     SAVED_SPM_MODEL,
-    TOKENIZER_MODEL,
+    TOKENIZER_FILES_WANTED,
     byte_level_bpe,
+    tokenizer_files,
 )
 
 
@@ -95,31 +94,30 @@ def sentencepiece_file(path: Path) -> Path | None:
     """The sentencepiece model `path` is or holds, if any."""
     if path.is_file():
         return path if path.suffix == ".model" else None
-    return next((path / name for name in (SAVED_SPM_MODEL, TOKENIZER_MODEL) if (path / name).is_file()), None)
+    found = tokenizer_files(path)
+    return found.sentencepiece if found is not None else None
 
 
 def load_tokenizer(path: str | Path, eos_id: int | None = None) -> TextTokenizer:
     """A sentencepiece `.model` file, a `tokenizer.json`, or a folder holding one of them or `vocab.json` +
     `merges.txt`. `eos_id` applies to the HF formats, whose files may not name it."""
     path = Path(path)
-    if (spm_model := sentencepiece_file(path)) is not None:
-        return SentencePieceTokenizer(spm_model)
     if path.is_file():
+        if path.suffix == ".model":
+            return SentencePieceTokenizer(path)
         return HFTokenizer(Tokenizer.from_file(str(path)), eos_id)
-    if (path / BPE_TOKENIZER_JSON).is_file():
-        return HFTokenizer(Tokenizer.from_file(str(path / BPE_TOKENIZER_JSON)), eos_id)
-    if (path / BPE_VOCAB).is_file() and (path / BPE_MERGES).is_file():
-        return HFTokenizer(byte_level_bpe(path), eos_id)
-    raise ValueError(
-        f"{path}: no tokenizer found ({SAVED_SPM_MODEL} or {TOKENIZER_MODEL} of sentencepiece, {BPE_TOKENIZER_JSON}, "
-        f"or {BPE_VOCAB} + {BPE_MERGES}); pass tokenizer=PATH"
-    )
+    found = tokenizer_files(path)
+    if found is None:
+        raise ValueError(f"{path}: no tokenizer found ({TOKENIZER_FILES_WANTED}); pass tokenizer=PATH")
+    if found.sentencepiece is not None:
+        return SentencePieceTokenizer(found.sentencepiece)
+    if found.tokenizer_json is not None:
+        return HFTokenizer(Tokenizer.from_file(str(found.tokenizer_json)), eos_id)
+    return HFTokenizer(byte_level_bpe(path), eos_id)
 
 
 def has_tokenizer(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return sentencepiece_file(folder) is not None or (folder / BPE_TOKENIZER_JSON).is_file() or (
-        (folder / BPE_VOCAB).is_file() and (folder / BPE_MERGES).is_file())
+    return tokenizer_files(Path(folder)) is not None
 
 
 def copy_tokenizer(source: str | Path, directory: str | Path) -> None:
@@ -130,12 +128,10 @@ def copy_tokenizer(source: str | Path, directory: str | Path) -> None:
     if (spm_model := sentencepiece_file(source)) is not None:
         shutil.copyfile(spm_model, directory / SAVED_SPM_MODEL)
         return
-    bpe_files = (source / BPE_VOCAB).is_file() and (source / BPE_MERGES).is_file()
-    if not bpe_files and not (source / BPE_TOKENIZER_JSON).is_file():
-        raise ValueError(f"{source}: no tokenizer to save with the model ({TOKENIZER_MODEL}, {BPE_TOKENIZER_JSON}, "
-                         f"or {BPE_VOCAB} + {BPE_MERGES})")
-    for name in (BPE_VOCAB, BPE_MERGES, BPE_TOKENIZER_JSON):
-        if (source / name).is_file():
-            shutil.copyfile(source / name, directory / name)
+    found = tokenizer_files(source) if source.is_dir() else None
+    if found is None:
+        raise ValueError(f"{source}: no tokenizer to save with the model ({TOKENIZER_FILES_WANTED})")
+    for file in found.files():
+        shutil.copyfile(file, directory / file.name)
     if not (source / BPE_TOKENIZER_JSON).is_file():
         byte_level_bpe(source).save(str(directory / BPE_TOKENIZER_JSON))

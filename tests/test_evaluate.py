@@ -168,11 +168,15 @@ def _pretrain_two_ranks(tmp_path: Path, corpus: Path, *eval_settings: str) -> tu
 @pytest.mark.slow
 def test_in_loop_fewshot_eval_on_two_zero3_ranks_matches_one_process(tmp_path: Path, sample_corpus: Path,
                                                                      memorised_set: Path) -> None:
-    run_dir, logged = _pretrain_two_ranks(tmp_path, sample_corpus, f"eval.tasks=[{memorised_set}]", "eval.shots=1",
+    # a third of the set: the items split unevenly over the ranks, and the shots come from the rest
+    subset = tmp_path / "subset" / memorised_set.name
+    subset.parent.mkdir()
+    subset.write_text("".join(memorised_set.read_text().splitlines(keepends=True)[:11]))
+    run_dir, logged = _pretrain_two_ranks(tmp_path, sample_corpus, f"eval.tasks=[{subset}]", "eval.shots=1",
                                           "eval.fewshot_from=self")
     model, tokenizer, _ = load_model_and_tokenizer(run_dir)
     torch.set_num_threads(1)
-    alone = zero_shot_metrics(model, [str(memorised_set)], tokenizer.encode, tokenizer.eos_id, 0, 1,
+    alone = zero_shot_metrics(model, [str(subset)], tokenizer.encode, tokenizer.eos_id, 0, 1,
                               FewShot(shots=1, source="self"))
     assert {k: logged[k] for k in alone} == alone
 

@@ -249,6 +249,15 @@ def test_summary_command_reads_a_run_dir(tmp_path: Path) -> None:
     assert "the model is below it" in result.stdout
     missing = run_module("train.summary", f"run_dir={tmp_path / 'none'}")
     assert missing.returncode == 1 and "summary: no " in missing.stderr
+    # a fine-tuning run: examples and epochs instead of tokens, the task's metric against its baselines
+    finetuned = tmp_path / "finetuned"
+    finetuned.mkdir()
+    records = [{"step": 1, "train/loss": 0.9, "train/epoch": 0.5}, {"step": 2, "train/loss": 0.4, "train/epoch": 1.0},
+               {"step": 2, "val/loss": 0.5, "val/accuracy": 0.9, "val/majority_baseline": 0.7}]
+    (finetuned / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = run_module("train.summary", f"run_dir={finetuned}", check=True)
+    assert "trained 2 steps, 1.00 epochs; train loss 0.900 -> 0.400" in result.stdout
+    assert "val at step 2: accuracy 0.900 (against majority baseline 0.700)" in result.stdout
 
 
 def test_progress_lines_show_long_work_and_leave_short_work_quiet(caplog: pytest.LogCaptureFixture) -> None:

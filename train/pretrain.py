@@ -49,7 +49,7 @@ class PretrainTask:
             raise Refusal(f"the plan in {cfg.data.mix_dir} holds {len(self.data)} samples, fewer than one global "
                           f"batch (train.global_batch_size={self.global_batch}); build a larger mix or lower the batch")
         self.model = GPT(model_config)
-        if cfg.init:  # continued pretraining: these weights, a fresh optimizer and schedule (a resume overrides them)
+        if cfg.init and not setup.resuming:  # continued pretraining: these weights, a fresh optimizer and schedule
             initial, init_dir = load_model(cfg.init)
             self.model.load_state_dict(initial.state_dict())
             log.info("initialized from %s", init_dir)

@@ -12,9 +12,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+# Fine-tuning's validation metrics (train/finetune/task.py) and the baselines they are read against.
+TASK_METRICS = ("val/accuracy", "val/pearson", "val/spearman")
+BASELINES = ("val/majority_baseline", "val/chance_baseline")
+
 
 def summarize(run_dir: Path) -> str:
-    """Losses, bits per byte against the unigram floor, the last sample and where the run's files are."""
+    """Losses, bits per byte against the unigram floor (pretraining) or the task's metrics against its
+    baselines (fine-tuning), the last sample and where the run's files are."""
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.is_file():
         raise SystemExit(f"summary: no {metrics_path}; has the run started?")
@@ -26,9 +31,12 @@ def summarize(run_dir: Path) -> str:
     lines = [f"run: {run_dir}"]
     if train:
         last = train[-1]
-        lines.append(f"trained {last['step']} steps, {last['train/tokens_seen'] / 1e6:.2f}M tokens; "
-                     f"train loss {train[0]['train/loss']:.3f} -> {last['train/loss']:.3f}; "
-                     f"{last['train/tokens_per_sec']:.0f} tokens/s, MFU {last['train/mfu']:.1%}")
+        seen = (f"{last['train/tokens_seen'] / 1e6:.2f}M tokens" if "train/tokens_seen" in last
+                else f"{last['train/epoch']:.2f} epochs" if "train/epoch" in last else "")
+        speed = (f"; {last['train/tokens_per_sec']:.0f} tokens/s" if "train/tokens_per_sec" in last else "") + (
+            f", MFU {last['train/mfu']:.1%}" if "train/mfu" in last else "")
+        lines.append(f"trained {last['step']} steps{', ' + seen if seen else ''}; "
+                     f"train loss {train[0]['train/loss']:.3f} -> {last['train/loss']:.3f}{speed}")
     if val:
         (first_step, first_bpb, _), (last_step, last_bpb, last_loss) = val[0], val[-1]
         lines.append(f"val bpb: {first_bpb:.3f} (step {first_step}) -> {last_bpb:.3f} (step {last_step}); "
@@ -36,6 +44,13 @@ def summarize(run_dir: Path) -> str:
     if unigram is not None and val:
         verdict = "below" if val[-1][1] < unigram else "NOT below"
         lines.append(f"unigram model of the training tokens: {unigram:.3f} bpb; the model is {verdict} it")
+    task_evals = [r for r in records if any(k in r for k in TASK_METRICS)]
+    if task_evals:
+        last = task_evals[-1]
+        scores = ", ".join(f"{key.removeprefix('val/')} {last[key]:.3f}" for key in TASK_METRICS if key in last)
+        baselines = ", ".join(f"{key.removeprefix('val/').replace('_', ' ')} {last[key]:.3f}"
+                              for key in BASELINES if key in last)
+        lines.append(f"val at step {last['step']}: {scores}" + (f" (against {baselines})" if baselines else ""))
     if samples:
         lines.append(f"sample: {samples[-1]!r}")
     wandb_runs = sorted((run_dir / "wandb").glob("offline-run-*"))

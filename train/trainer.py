@@ -58,6 +58,7 @@ class RunSetup:
     world_size: int
     precision: str  # bf16 | fp32
     accum: int  # micro-batches per rank per optimizer step
+    resuming: bool  # a checkpoint will be loaded over the task's initial weights
 
 
 @dataclass(frozen=True)
@@ -134,20 +135,21 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
     watchdog = ProgressWatchdog(cfg.train.collective_timeout_s, rank, Path(cfg.run_dir) / REQUEUE_MARKER)
     torch.set_num_threads(threads_per_rank(cfg, world_size))
     global_batch = cfg.train.global_batch_size
-    setup = RunSetup(rank, world_size, resolve_precision(cfg.precision),
-                     grad_accum_steps(global_batch, cfg.train.micro_batch_size, world_size))
-    torch.manual_seed(cfg.seed)
-    task = build_task(cfg, setup)
-    startup.mark("task")
-
     run_dir = Path(cfg.run_dir)
     checkpoints_dir = run_dir / "checkpoints"
-    # Decided before deepspeed.initialize: loading a universal checkpoint is a DeepSpeed config flag.
+    # Decided before the task is built (a resumed task need not load its initial weights) and before
+    # deepspeed.initialize (loading a universal checkpoint is a DeepSpeed config flag).
     resume = checkpoint.plan_resume(checkpoints_dir, resume_request(cfg), world_size)
     if resume is not None:  # the verified checkpoint may be older than the one preflight compared with
         for accepted in check_same_run(resume.state.get("identity"), identity, list(cfg.train.accept_changes),
                                        resume.checkpoint):
             log.warning("continuing %s with changed settings, as accepted: %s", resume.checkpoint, accepted)
+    setup = RunSetup(rank, world_size, resolve_precision(cfg.precision),
+                     grad_accum_steps(global_batch, cfg.train.micro_batch_size, world_size), resume is not None)
+    torch.manual_seed(cfg.seed)
+    task = build_task(cfg, setup)
+    startup.mark("task")
+
     ds_config = build_ds_config(cfg, world_size, setup.precision)
     if resume is not None and resume.universal:
         ds_config["checkpoint"] = {"load_universal": True}

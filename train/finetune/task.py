@@ -107,7 +107,7 @@ def validate(engine: Any, spec: TaskSpec, examples: list[Example], micro_batch: 
 
 
 class FinetuneTask:
-    """A pretrained GPT with GPT-1's special tokens and a head, trained on one task's JSONL examples."""
+    """A pretrained GPT with GPT-1's special tokens and a head, trained on one task's examples."""
 
     def __init__(self, cfg: DictConfig, setup: RunSetup) -> None:
         self.cfg, self.setup = cfg, setup
