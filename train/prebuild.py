@@ -1,9 +1,10 @@
 """Build, once per environment, what a CPU run's first step would otherwise wait for.
 
-A fresh checkout's first training run on CPU spends about a minute before its first step compiling
+A fresh environment's first training run on CPU would otherwise compile, before its first step,
 DeepSpeed's shared-memory collective op (JIT, into TORCH_EXTENSIONS_DIR) and inductor's fused CPU
-kernels (model/cpu_kernels, into inductor's cache). Neither depends on the run, so `make setup` runs
-this once and every later launch finds both built. On a GPU there is nothing to build ahead: the
+kernels (model/cpu_kernels, into inductor's cache). Neither depends on the run, so `make prebuild`
+(beside the curation in `make demo`, before `make test`) builds them once and every later launch
+finds both built. On a GPU there is nothing to build ahead: the
 step uses NCCL and PyTorch's own kernels.
 
     python -m train.prebuild
