@@ -21,6 +21,7 @@ from data_contract import (
     GPT2_EOS,
     SAVED_SPM_MODEL,
     TOKENIZER_FILES_WANTED,
+    TokenizerFiles,
     byte_level_bpe,
     tokenizer_files,
 )
@@ -125,12 +126,12 @@ def copy_tokenizer(source: str | Path, directory: str | Path) -> None:
     as a saved model carries it: `tokenizer.model`, or the HF files (`tokenizer.json`, and GPT-2's
     `vocab.json` + `merges.txt` where the source has them)."""
     source, directory = Path(source), Path(directory)
-    if (spm_model := sentencepiece_file(source)) is not None:
-        shutil.copyfile(spm_model, directory / SAVED_SPM_MODEL)
-        return
-    found = tokenizer_files(source) if source.is_dir() else None
-    if found is None:
+    found = TokenizerFiles(sentencepiece=sentencepiece_file(source)) if source.is_file() else tokenizer_files(source)
+    if found is None or not found.files():
         raise ValueError(f"{source}: no tokenizer to save with the model ({TOKENIZER_FILES_WANTED})")
+    if found.sentencepiece is not None:
+        shutil.copyfile(found.sentencepiece, directory / SAVED_SPM_MODEL)
+        return
     for file in found.files():
         shutil.copyfile(file, directory / file.name)
     if not (source / BPE_TOKENIZER_JSON).is_file():

@@ -31,12 +31,15 @@ def summarize(run_dir: Path) -> str:
     lines = [f"run: {run_dir}"]
     if train:
         last = train[-1]
-        seen = (f"{last['train/tokens_seen'] / 1e6:.2f}M tokens" if "train/tokens_seen" in last
-                else f"{last['train/epoch']:.2f} epochs" if "train/epoch" in last else "")
-        speed = (f"; {last['train/tokens_per_sec']:.0f} tokens/s" if "train/tokens_per_sec" in last else "") + (
-            f", MFU {last['train/mfu']:.1%}" if "train/mfu" in last else "")
-        lines.append(f"trained {last['step']} steps{', ' + seen if seen else ''}; "
-                     f"train loss {train[0]['train/loss']:.3f} -> {last['train/loss']:.3f}{speed}")
+        progress = [f"trained {last['step']} steps"]  # pretraining counts tokens, fine-tuning epochs
+        if "train/tokens_seen" in last:
+            progress.append(f"{last['train/tokens_seen'] / 1e6:.2f}M tokens")
+        elif "train/epoch" in last:
+            progress.append(f"{last['train/epoch']:.2f} epochs")
+        line = f"{', '.join(progress)}; train loss {train[0]['train/loss']:.3f} -> {last['train/loss']:.3f}"
+        if "train/tokens_per_sec" in last:
+            line += f"; {last['train/tokens_per_sec']:.0f} tokens/s, MFU {last['train/mfu']:.1%}"
+        lines.append(line)
     if val:
         (first_step, first_bpb, _), (last_step, last_bpb, last_loss) = val[0], val[-1]
         lines.append(f"val bpb: {first_bpb:.3f} (step {first_step}) -> {last_bpb:.3f} (step {last_step}); "
