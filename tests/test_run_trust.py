@@ -161,14 +161,18 @@ def test_one_trainer_per_run_dir_and_a_dead_holders_lock_is_taken_over(data_root
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not (run_dir / "checkpoints" / "step00000002").is_dir():
+        while not any((run_dir / "checkpoints").glob("step*")):
             assert first.poll() is None and time.monotonic() < deadline, "the first trainer did not get going"
-            time.sleep(0.5)
+            time.sleep(0.05)
+        # Frozen, the holder is alive and keeps its lock however fast this machine would finish the plan.
+        os.killpg(first.pid, signal.SIGSTOP)
+        assert first.poll() is None, "the first trainer finished its plan before it could be frozen"
         second = run_command([sys.executable, "-m", "train", *args])
         line = refusal(second)
         assert f"run_dir={run_dir} is in use by the trainer" in line and f"pid {first.pid}" in line
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # the holder dies without a word
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)  # the holder dies without a word
         first.wait()
     newest = max(int(p.name[4:]) for p in (run_dir / "checkpoints").glob("step*") if p.name[4:].isdigit())
     resumed = run_command([sys.executable, "-m", "train", *args[:-1], f"train.max_steps={newest + 2}"], check=True)
