@@ -20,6 +20,7 @@ import pytest
 
 from tests.commands import command_env, run_command
 from tests.train_fixtures import SMALL_MODEL, launch, losses, make_data_root, read_metrics, wandb_ids
+from train.run_dir import complete_checkpoints, step_of
 
 QUIET = ["eval.every=0", "eval.sample_every=0", "precision=fp32", "checkpoint.every=2"]
 
@@ -161,7 +162,7 @@ def test_one_trainer_per_run_dir_and_a_dead_holders_lock_is_taken_over(data_root
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not any(p.name[4:].isdigit() for p in (run_dir / "checkpoints").glob("step*")):  # a renamed one
+        while not complete_checkpoints(run_dir / "checkpoints"):
             assert first.poll() is None and time.monotonic() < deadline, "the first trainer did not get going"
             time.sleep(0.05)
         # Frozen, the holder is alive and keeps its lock however fast this machine would finish the plan.
@@ -174,7 +175,7 @@ def test_one_trainer_per_run_dir_and_a_dead_holders_lock_is_taken_over(data_root
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)  # the holder dies without a word
         first.wait()
-    newest = max(int(p.name[4:]) for p in (run_dir / "checkpoints").glob("step*") if p.name[4:].isdigit())
+    newest = step_of(complete_checkpoints(run_dir / "checkpoints")[-1])
     resumed = run_command([sys.executable, "-m", "train", *args[:-1], f"train.max_steps={newest + 2}"], check=True)
     assert f"resumed from {run_dir / 'checkpoints'}" in resumed.stdout + resumed.stderr
     assert sorted(losses(run_dir)) == list(range(1, newest + 3))
