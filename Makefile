@@ -38,10 +38,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # DeepSpeed's CPU collective op and the compiled CPU kernels, built once per environment rather than in
-# a first training step (train/prebuild.py).
+# a first training step (train/prebuild.py): the kernels at the demo run's shapes and threads per rank
+# (2 ranks); another run builds its own with `python -m train.prebuild --ranks-per-node N <its overrides>`.
 prebuild: $(PREBUILT)
 $(PREBUILT): $(STAMP)
-	$(BIN)/python -m train.prebuild
+	$(BIN)/python -m train.prebuild --ranks-per-node 2 $(DEMO_TRAIN)
 	touch $(PREBUILT)
 
 # Pin the environment a fresh `make setup` resolves today (torch stays with TORCH_SPEC); commit the result.
@@ -58,10 +59,12 @@ cluster:
 
 # Curation (filter, dedup, quality, report, tokenizer, token files, mixture plan), then 2-rank
 # ZeRO-3 training; a rerun skips finished curation tasks and resumes from the final checkpoint.
-# The prebuild runs beside the download and curation, which leave a core idle much of the time.
+# The prebuild runs beside the download and curation, which leave a core idle much of the time. torchrun
+# starts the ranks in a fraction of the deepspeed launcher's time; each rank sets its own threads
+# (OMP_NUM_THREADS=1 only quiets torchrun's warning).
 demo: setup
 	@$(MAKE) --no-print-directory -j2 prebuild curate-demo
-	$(BIN)/deepspeed --num_gpus 2 --module train run_dir=$(DEMO_RUN) $(DEMO_TRAIN)
+	OMP_NUM_THREADS=1 $(BIN)/torchrun --nproc-per-node 2 -m train run_dir=$(DEMO_RUN) $(DEMO_TRAIN)
 	@echo "================ demo summary"
 	@echo "curation report: data/report/curation.md (funnel: data/report/funnel.png)"
 	@$(BIN)/python -m train.summary run_dir=$(DEMO_RUN)

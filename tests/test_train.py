@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.commands import run_module
-from tests.train_fixtures import launch, losses, make_data_root, read_metrics, wandb_ids
+from tests.train_fixtures import SMALL_MODEL, launch, losses, make_data_root, read_metrics, wandb_ids
 from train.checkpoint import complete_checkpoints, newest_verified
 from train.cpu_shm_collectives import ranks_share_one_machine
 from train.skip_step import LossSpikeGuard, SkipStepAdamW
@@ -120,6 +120,23 @@ def test_two_rank_zero3_run_writes_every_metric_and_a_checkpoint(tmp_path: Path,
 
     exported = load_pretrained(run_dir)
     assert exported.config.vocab_size == 1000 and exported.config.n_layer == 2
+
+
+@pytest.mark.slow
+def test_prebuild_at_a_runs_settings_leaves_its_first_step_nothing_to_compile(
+        tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor keys its CPU kernels on threads per rank and (bf16 attention backward) shapes: a run
+    launched into an empty kernel cache says what its first step compiled; after `train.prebuild` with the
+    run's own settings and ranks per node, the same launch finds every kernel built."""
+    settings = [f"paths.data_root={data_root}", *SMALL_MODEL, "train.max_steps=1", "eval.every=0"]
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cold"))
+    cold = launch(2, tmp_path / "cold-run", data_root, "train.max_steps=1", "eval.every=0", launcher="torchrun")
+    assert "start-up:" in cold.stderr and "the first step compiled" in cold.stderr, cold.stderr[-2000:]
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "prebuilt"))
+    run_module("train.prebuild", "--ranks-per-node", "2", *settings, check=True)
+    warm = launch(2, tmp_path / "warm-run", data_root, "train.max_steps=1", "eval.every=0", launcher="torchrun")
+    assert "start-up:" in warm.stderr and "the first step compiled" not in warm.stderr, warm.stderr[-2000:]
 
 
 @pytest.mark.slow

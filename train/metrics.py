@@ -123,6 +123,14 @@ class StartupClock:
         return f"start-up: {total:.1f} s from process start to the end of the first step ({parts})"
 
 
+def kernels_compiled() -> int:
+    """Inductor graphs this process compiled rather than found in inductor's cache (torch.compile's
+    FX graph cache): on CPU, kernels `python -m train.prebuild` would have built ahead of the launch."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["fxgraph_cache_miss"])
+
+
 def max_rss_gb() -> float:
     """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -38,7 +38,7 @@ from train.distributed import (
     threads_per_rank,
 )
 from train.ds_config import build_ds_config, resolve_precision, start_engine
-from train.metrics import MetricsLogger, StartupClock, console_line, max_rss_gb
+from train.metrics import MetricsLogger, StartupClock, console_line, kernels_compiled, max_rss_gb
 from train.optim import lr_at
 from train.preflight import grad_accum_steps
 from train.run_dir import REQUEUE_MARKER, resume_request, rewind_metrics
@@ -262,6 +262,11 @@ def run(cfg: DictConfig, build_task: Callable[[DictConfig, RunSetup], Task], ide
         if step == first_step + 1:
             startup.mark("first step")
             log.info(startup.line())
+            compiled = kernels_compiled()
+            if compiled and not torch.cuda.is_available() and not cfg.train.get("compile"):
+                log.info("the first step compiled %d CPU kernel(s) not in inductor's cache; `python -m train.prebuild "
+                         "--ranks-per-node <ranks on each node> <this run's overrides>` builds them ahead of a launch",
+                         compiled)
             if skipped:
                 log.warning("step %d: loss %.4f looks like a spike; update skipped (%d in a row)", step,
                             losses["loss"], guard.consecutive)
