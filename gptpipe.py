@@ -41,6 +41,8 @@ COMMANDS: dict[str, Command] = {
     "sample_data": Command("curation.sample_data", "fetch the sample corpus", "sample_data"),
     "assets": Command("curation.assets", "fetch the language-ID model and GPT-2's tokenizer files", "assets"),
     "train": Command("train", "pretrain a GPT with DeepSpeed ZeRO-3", "pretrain"),
+    "prebuild": Command("train.prebuild", "compile a CPU run's kernels ahead of its launch "
+                        "(--ranks-per-node N, then the run's train settings)", "pretrain"),
     "finetune": Command("train.finetune", "GPT-1-style fine-tuning and instruction tuning", "finetune"),
     "evaluate": Command("train.evaluate", "zero- and few-shot tasks on a saved model (built-in or lm-eval)", "evaluate"),
     "build_task_sets": Command("train.build_task_sets", "the sample fine-tuning and zero-shot sets", "build_task_sets"),
