@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.commands import run_module
+from tests.commands import run_command, run_module
 from tests.train_fixtures import SMALL_MODEL, launch, losses, make_data_root, read_metrics, wandb_ids
 from train.checkpoint import complete_checkpoints, newest_verified
 from train.cpu_shm_collectives import ranks_share_one_machine
@@ -137,6 +138,25 @@ def test_prebuild_at_a_runs_settings_leaves_its_first_step_nothing_to_compile(
     run_module("train.prebuild", "--ranks-per-node", "2", *settings, check=True)
     warm = launch(2, tmp_path / "warm-run", data_root, "train.max_steps=1", "eval.every=0", launcher="torchrun")
     assert "start-up:" in warm.stderr and "the first step compiled" not in warm.stderr, warm.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_an_op_built_from_an_activated_venv_is_loaded_not_rebuilt_by_a_bare_python(tmp_path: Path) -> None:
+    """torch runs the first ninja on PATH against DeepSpeed's build log of the op, and another ninja version
+    reads that log as changed commands: a launch that did not activate the venv (the system's ninja
+    first, or none at all) must still load what an activated one built, with the environment's ninja."""
+    extensions = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or tmp_path / "extensions")
+    build_op = [sys.executable, "-c", "from train.prebuild import build_shm_comm_op; build_shm_comm_op()"]
+    system_path = os.pathsep.join(["/usr/local/bin", "/usr/bin", "/bin"])
+    activated = {"TORCH_EXTENSIONS_DIR": str(extensions),
+                 "PATH": os.pathsep.join([str(Path(sys.executable).parent), system_path])}
+    first = run_command(build_op, env=activated, check=True)
+    assert "cannot be built" not in first.stdout, first.stdout
+    library = extensions / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    built = library.stat().st_mtime_ns
+    bare = run_command(build_op, env={**activated, "PATH": system_path}, check=True)
+    assert "cannot be built" not in bare.stdout, bare.stdout
+    assert library.stat().st_mtime_ns == built, "the bare python rebuilt the op the activated one had built"
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sysconfig
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ def init_distributed(timeout_s: float = 1800.0) -> DistEnv:
     plain NCCL.
     """
     dist_env = resolve_env()
+    put_environments_ninja_first()
     os.environ.update(
         RANK=str(dist_env.rank),
         WORLD_SIZE=str(dist_env.world_size),
@@ -49,6 +51,21 @@ def init_distributed(timeout_s: float = 1800.0) -> DistEnv:
 
 
 _collectives = "none: one process"
+
+
+def put_environments_ninja_first() -> None:
+    """Put this environment's scripts folder, with the ninja it pins, first on PATH, for DeepSpeed's JIT ops.
+
+    torch's extension loader runs the first `ninja` on PATH against one build log per op in
+    TORCH_EXTENSIONS_DIR. A venv's python started without activating the venv (the Makefile, tests,
+    `srun .venv/bin/python`) finds the system's ninja, where there is one, or none; an activated one
+    (slurm/pretrain.sh) finds the pinned one. Two ninja versions hash build commands differently, so
+    each reads the other's log as changed commands and rebuilds the op in front of the first step.
+    """
+    scripts = sysconfig.get_path("scripts")
+    path = os.environ.get("PATH", "")
+    if os.path.exists(os.path.join(scripts, "ninja")) and path.split(os.pathsep)[0] != scripts:
+        os.environ["PATH"] = os.pathsep.join([scripts, path]) if path else scripts
 
 
 def collectives() -> str:

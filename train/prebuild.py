@@ -26,7 +26,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from model.gpt import GPT
-from train.distributed import threads_per_rank
+from train.distributed import put_environments_ninja_first, threads_per_rank
 from train.ds_config import resolve_precision
 from train.preflight import CONF_DIR, model_config_for
 
@@ -34,6 +34,7 @@ from train.preflight import CONF_DIR, model_config_for
 def build_shm_comm_op() -> None:
     """DeepSpeed's shared-memory all-reduce, the CPU collectives of train/cpu_shm_collectives.py."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    put_environments_ninja_first()
     from deepspeed.comm.torch import build_shm_op
 
     if build_shm_op() is None:
