@@ -7,7 +7,7 @@ WARC-Identified-Payload-Type header (CommonCrawl's do), so datatrove's WarcReade
 libmagic, which calls 14 of the 99 HTML pages "application/javascript" and drops them (a third of
 the HTML bytes); ours reads the HTTP Content-Type. So that both chains see the same documents, they
 read a copy of the WARCs with that header added from the Content-Type; the readers' recall on the
-original files is reported beside. Ours adds per-step bookkeeping (LedgerStep, exclusion writers)
+original files is reported beside. Ours adds per-step accounting (AccountedStep, exclusion writers)
 and PII masking; the "same steps" ratio drops PII from ours. MinHash signature throughput is
 measured on our chain's output. Reference figure: Dolma reports ~8 GB of extracted text per
 CPU-hour for its filters + language ID (Soldaini et al., 2024). Writes bench/results/curation.json.
@@ -40,8 +40,8 @@ from curation.assets import ensure_lid_model
 from curation.filter import filter_pipeline
 from curation.sources import selected_sources
 from curation.steps.offline_filters import OfflineLanguageFilter, OfflineURLFilter
-from curation.steps.readers import GuardedWarcReader
-from data_contract import DataLayout
+from curation.steps.readers import AccountedWarcReader
+from data_contract.layout import DataLayout
 from tests.curation_fixtures import curate_config
 
 WARCS = ("derived/real_pages.warc.gz", "web/warc/at.warc.gz")
@@ -75,7 +75,7 @@ def with_payload_types(src: Path, dst: Path) -> None:
 
 def documents_read(raw: Path) -> dict[str, int]:
     """Documents each reader makes of the WARCs under `raw`."""
-    readers = {"datatrove_warcreader": WarcReader(str(raw)), "ours": GuardedWarcReader(str(raw))}
+    readers = {"datatrove_warcreader": WarcReader(str(raw)), "ours": AccountedWarcReader(str(raw))}
     return {name: sum(1 for _ in reader.read_files_shard(list(WARCS))) for name, reader in readers.items()}
 
 

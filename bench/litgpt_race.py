@@ -52,7 +52,7 @@ from bench.train import (
 )
 from model import GPTConfig
 from model.flops import flops_per_token
-from model.pretrained import load_pretrained
+from model.saved_model import load_pretrained
 from model.tokenizer import load_tokenizer
 from train.data import MixtureData
 from train.val_loss import val_loss_metrics

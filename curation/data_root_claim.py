@@ -8,7 +8,7 @@ root is refused, naming the holder), and compares a fingerprint of what each sta
 settings with the sources they span; the code version) with the one the outputs were made with. A
 difference is refused in one line naming what changed; `restart=true` clears the outputs and starts
 over. The training-data stage (tokenizer, token files, mixture plan) is cheap to redo, so a change of
-its settings only makes it run again.
+its settings only makes it, and the report after it, run again.
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from omegaconf import DictConfig, OmegaConf
 from curation.executors import Stage, layout_of, run_stages
 from curation.sources import Source, selected_sources
 from curation.steps.preflight import probe_steps
-from data_contract import DataLayout, Refusal, code_version, hold_lock, read_json, write_json
+from data_contract.atomic_files import read_json, write_json
+from data_contract.layout import DataLayout
+from data_contract.lock import hold_lock
+from data_contract.manifest import code_version
+from data_contract.refusal import Refusal
 
 OUTPUT_FOLDERS = ("work", "curated", "removed", "report", "quality_classifier", "tokenizer", "tokens", "mix")
 TRAINING_DATA_SETTINGS = ("tokenizer", "token_files", "mix_plan", "mixture")
@@ -94,6 +98,7 @@ def claim(cfg: DictConfig, sources: list[Source], layout: DataLayout, with_dedup
         raise Refusal(f"paths.data_root={layout.root} holds outputs of other inputs or settings (changed: "
                       f"{', '.join(stale_curation)}); rerun with restart=true to clear them and start over, "
                       "or use another paths.data_root")
-    if any(key in TRAINING_DATA_SETTINGS for key in changed):  # redo tokenizer, token files and plan
+    if any(key in TRAINING_DATA_SETTINGS for key in changed):  # redo tokenizer, token files, plan and report
         shutil.rmtree(layout.logs("training_data"), ignore_errors=True)
+        shutil.rmtree(layout.logs("report"), ignore_errors=True)
     write_json(record, {**before, **now})

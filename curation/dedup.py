@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from curation.data_root_claim import claim_and_run
 from curation.executors import Stage
 from curation.sources import Source
-from curation.steps.bookkeeping import LedgerStep
+from curation.steps.accounting import AccountedStep, removed_writer
 from curation.steps.priority_dedup import (
     PriorityMinhashCluster,
     RankBlockReader,
@@ -37,7 +37,7 @@ from curation.steps.priority_dedup import (
     normalized_text,
     rank_blocks,
 )
-from data_contract import DataLayout
+from data_contract.layout import DataLayout
 
 
 def dedup_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout, after: tuple[str, ...]) -> list[Stage]:
@@ -45,15 +45,11 @@ def dedup_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout, aft
     blocks = rank_blocks(sources)
     tasks = sum(t for _, t in blocks)
     work = str(layout.root / "work")
-    removed = str(layout.root / "removed")
     minhash = cfg.dedup.minhash.enabled
     first_output = "exact" if minhash else "dedup"
 
     def writer(stage: str) -> JsonlWriter:
         return JsonlWriter(work, output_filename="${source}/" + stage + "/${rank}.jsonl.gz")
-
-    def removed_writer(step: str) -> JsonlWriter:
-        return JsonlWriter(removed, output_filename="${source}/" + step + "/${rank}.jsonl.gz")
 
     minhash_config = MinhashConfig(n_grams=cfg.dedup.minhash.n_grams, num_buckets=cfg.dedup.minhash.num_buckets,
                                    hashes_per_bucket=cfg.dedup.minhash.hashes_per_bucket, seed=cfg.dedup.minhash.seed)
@@ -70,8 +66,8 @@ def dedup_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout, aft
             Stage("exact_find", [ExactFindDedups(str(sigs), str(dups), exact_config)], 1,
                   layout.logs("exact_find"), ("exact_signatures",)),
         ]
-        pass_one.append(LedgerStep("exact_dedup", ExactDedupFilter(str(dups), exact_config,
-                                                                   exclusion_writer=removed_writer("exact_dedup"))))
+        pass_one.append(AccountedStep("exact_dedup", ExactDedupFilter(
+            str(dups), exact_config, exclusion_writer=removed_writer(layout, "exact_dedup"))))
         after = ("exact_find",)
     pass_one.append(writer(first_output))
     if minhash:
@@ -79,14 +75,14 @@ def dedup_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout, aft
     stages.append(Stage("dedup_pass_one", pass_one, tasks, layout.logs("dedup_pass_one"), after))
     if minhash:
         sigs, buckets, clusters = (layout.dedup(k) for k in ("minhash_signatures", "minhash_buckets", "minhash_clusters"))
-        minhash_filter = MinhashDedupFilter(str(clusters), exclusion_writer=removed_writer("minhash"))
+        minhash_filter = MinhashDedupFilter(str(clusters), exclusion_writer=removed_writer(layout, "minhash"))
         stages += [
             Stage("minhash_buckets", [MinhashDedupBuckets(str(sigs), str(buckets), config=minhash_config)],
                   minhash_config.num_buckets, layout.logs("minhash_buckets"), ("dedup_pass_one",)),
             Stage("minhash_cluster", [PriorityMinhashCluster(str(buckets), str(clusters), minhash_config, blocks)],
                   1, layout.logs("minhash_cluster"), ("minhash_buckets",)),
             Stage("minhash_filter", [RankBlockReader(work, "exact", blocks, own_file=True),
-                                     LedgerStep("minhash", minhash_filter), writer("dedup")],
+                                     AccountedStep("minhash", minhash_filter), writer("dedup")],
                   tasks, layout.logs("minhash_filter"), ("minhash_cluster",)),
         ]
     return stages

@@ -21,8 +21,8 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 from omegaconf import DictConfig
 
-from curation.steps.bookkeeping import IN_DOCS, OUT_DOCS, task_stats
-from data_contract import DataLayout
+from curation.steps.accounting import IN_DOCS, OUT_DOCS, task_stats
+from data_contract.layout import DataLayout
 
 
 @dataclass

@@ -16,10 +16,11 @@ from omegaconf import DictConfig
 from curation.data_root_claim import claim_and_run
 from curation.executors import Stage
 from curation.sources import Source, write_inputs_list
+from curation.steps.accounting import removed_writer
 from curation.steps.error_check import ErrorLossCheck
 from curation.steps.readers import make_reader
 from curation.steps.registry import build_step
-from data_contract import DataLayout
+from data_contract.layout import DataLayout
 
 
 def negatives_writer(source: Source, layout: DataLayout) -> JsonlWriter:
@@ -30,12 +31,11 @@ def filter_pipeline(source: Source, layout: DataLayout) -> list[PipelineStep]:
     paths_file = None if source.format == "hf" else write_inputs_list(source, layout)
     reader_options = {**source.reader, "default_metadata": {"source": source.name}}
     pipeline: list[PipelineStep] = [make_reader(source.format, source.data_folder, paths_file, reader_options)]
-    removed_root = str(layout.removed(source.name))
     negatives_after = "extract" if "extract" in source.steps else None
     if source.quality == "scored" and negatives_after is None:
         pipeline.append(negatives_writer(source, layout))
     for name, params in source.steps.items():
-        pipeline.append(build_step(name, params, removed_root))
+        pipeline.append(build_step(name, params, removed_writer(layout, name, source.name)))
         if source.quality == "scored" and name == negatives_after:
             pipeline.append(negatives_writer(source, layout))
     pipeline.append(JsonlWriter(str(layout.work(source.name, "filtered")), output_filename="${rank}.jsonl.gz"))

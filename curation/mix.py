@@ -33,20 +33,12 @@ from curation.mixture_order import (
     window_indices,
 )
 from curation.sources import normalized_weights
-from data_contract import (
-    MANIFEST,
-    MIXTURE_SPEC,
-    PLAN_SAMPLE,
-    PLAN_SOURCE,
-    DataLayout,
-    Refusal,
-    load_source_tokens,
-    replace_folder,
-    sha256_file,
-    staging_folder,
-    write_manifest,
-    write_mixture_spec,
-)
+from data_contract.atomic_files import replace_folder, sha256_file, staging_folder
+from data_contract.layout import DataLayout
+from data_contract.manifest import MANIFEST, write_manifest
+from data_contract.mixture_spec import MIXTURE_SPEC, PLAN_SAMPLE, PLAN_SOURCE, write_mixture_spec
+from data_contract.refusal import Refusal
+from data_contract.token_files import load_source_tokens
 
 NO_CAP = np.iinfo(np.int64).max
 
@@ -121,74 +113,90 @@ def _write_plan(out: Path, counts: np.ndarray, windows: np.ndarray, names: list[
     return {"samples": bound / total, "megatron_samples": greedy / total}
 
 
-def build_mix(cfg: DictConfig) -> Path:
-    """Validate everything, then write the plan into a temporary folder renamed into place."""
-    settings = cfg.mix_plan
-    seq_len = _positive_int(settings.seq_len, "mix_plan.seq_len")
-    budget = _positive_int(settings.tokens, "mix_plan.tokens")
-    seed = int(settings.seed)
-    mixture = cfg.mixture
-    weights = normalized_weights({name: spec.weight for name, spec in mixture.sources.items()},
-                                 f"conf/mixture/{mixture.name}.yaml")
-    names = [name for name, weight in weights.items() if weight > 0]
-    sources = _source_inputs(cfg, names, seq_len)
-
+def _sample_counts(mixture: DictConfig, weights: dict[str, float], sources: list[dict[str, Any]], seq_len: int,
+                   budget: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Samples in the plan, windows per source, and samples per source: weight x budget, capped by max_epochs."""
     num_samples = math.ceil(budget / seq_len)
     if num_samples >= MAX_SAMPLES:
         raise Refusal(f"mix_plan.tokens={budget} at mix_plan.seq_len={seq_len} makes {num_samples} samples; "
                        f"plans stop below {MAX_SAMPLES}: split the run into several mixtures")
     windows = np.array([(s["tokens"] - 1) // seq_len for s in sources], dtype=np.int64)
-    caps = np.array([_cap(mixture, name, int(windows[i])) for i, name in enumerate(names)], dtype=np.int64)
-    counts = allocate_samples(np.array([weights[n] for n in names]), caps, num_samples)
+    caps = np.array([_cap(mixture, s["name"], int(w)) for s, w in zip(sources, windows, strict=True)], dtype=np.int64)
+    counts = allocate_samples(np.array([weights[s["name"]] for s in sources]), caps, num_samples)
+    return num_samples, windows, counts
 
+
+def _file_entries(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: f[k] for k in ("path", "tokens", "sha256")} for f in files]
+
+
+def _source_entry(source: dict[str, Any], mixture: DictConfig, weight: float, windows: int, samples: int,
+                  seq_len: int, num_samples: int) -> dict[str, Any]:
+    """One source in mixture.json: what it offers, what the plan takes from it, and the files it reads."""
+    manifest = source["manifest"] or {"files": [], "val_files": []}
+    return {
+        "name": source["name"],
+        "weight": weight,
+        "max_epochs": mixture.sources[source["name"]].get("max_epochs"),
+        "tokens_available": source["tokens"],
+        "windows_available": windows,
+        "samples": samples,
+        "tokens_planned": samples * seq_len,
+        "measured_share": samples / num_samples,
+        "epochs": samples * seq_len / source["tokens"],
+        "token_files": _file_entries(manifest["files"]),
+        "val_files": _file_entries(manifest["val_files"]),
+    }
+
+
+def _write_plan_manifest(folder: Path, cfg: DictConfig, sources: list[dict[str, Any]], counts: np.ndarray,
+                         num_samples: int) -> None:
+    """The plan's manifest: the token manifests it was planned from, its settings and its files' hashes."""
     layout = DataLayout(Path(cfg.paths.data_root))
-    out = layout.mix(mixture.name)
+    write_manifest(
+        folder,
+        inputs=[{"path": f"tokens/{s['name']}/{MANIFEST}", "sha256": sha256_file(layout.tokens(s["name"]) / MANIFEST)}
+                for s in sources if s["manifest"]],
+        config={"mix_plan": OmegaConf.to_container(cfg.mix_plan, resolve=True),
+                "mixture": OmegaConf.to_container(cfg.mixture, resolve=True)},
+        counts={"num_samples": num_samples, "samples": {s["name"]: int(c) for s, c in zip(sources, counts, strict=True)}},
+        outputs={f: sha256_file(folder / f) for f in (PLAN_SOURCE, PLAN_SAMPLE, MIXTURE_SPEC)},
+    )
+
+
+def build_mix(cfg: DictConfig) -> Path:
+    """Validate everything, then write the plan into a temporary folder renamed into place."""
+    settings, mixture = cfg.mix_plan, cfg.mixture
+    seq_len = _positive_int(settings.seq_len, "mix_plan.seq_len")
+    budget = _positive_int(settings.tokens, "mix_plan.tokens")
+    seed = int(settings.seed)
+    weights = normalized_weights({name: spec.weight for name, spec in mixture.sources.items()},
+                                 f"conf/mixture/{mixture.name}.yaml")
+    names = [name for name, weight in weights.items() if weight > 0]
+    sources = _source_inputs(cfg, names, seq_len)
+    num_samples, windows, counts = _sample_counts(mixture, weights, sources, seq_len, budget)
+
+    out = DataLayout(Path(cfg.paths.data_root)).mix(mixture.name)
     tmp = staging_folder(out)
     source_dtype = np.dtype(np.uint8 if len(names) <= np.iinfo(np.uint8).max + 1 else np.int16)
     drift = _write_plan(tmp, counts, windows, names, seed, int(settings.chunk_samples), source_dtype)
 
     first = sources[0]["manifest"]
-    described = []
-    for i, source in enumerate(sources):
-        manifest = source["manifest"] or {"files": [], "val_files": []}
-        described.append({
-            "name": source["name"],
-            "weight": weights[source["name"]],
-            "max_epochs": mixture.sources[source["name"]].get("max_epochs"),
-            "tokens_available": source["tokens"],
-            "windows_available": int(windows[i]),
-            "samples": int(counts[i]),
-            "tokens_planned": int(counts[i]) * seq_len,
-            "measured_share": int(counts[i]) / num_samples,
-            "epochs": int(counts[i]) * seq_len / source["tokens"],
-            "token_files": [{k: f[k] for k in ("path", "tokens", "sha256")} for f in manifest["files"]],
-            "val_files": [{k: f[k] for k in ("path", "tokens", "sha256")} for f in manifest["val_files"]],
-        })
     description = {
         "name": mixture.name,
         "seq_len": seq_len,
         "seed": seed,
         "tokens": budget,
         "num_samples": num_samples,
-        "tokenizer_sha256": first["tokenizer_sha256"] if first else None,
-        "dtype": first["dtype"] if first else None,
-        "vocab_size": first["vocab_size"] if first else None,
-        "eos_id": first["eos_id"] if first else None,
+        **{key: first[key] if first else None for key in ("tokenizer_sha256", "dtype", "vocab_size", "eos_id")},
         "plan_only": bool(settings.plan_only),
         "plan_source_dtype": source_dtype.name,
         "max_prefix_drift": drift,
-        "sources": described,
+        "sources": [_source_entry(source, mixture, weights[source["name"]], int(windows[i]), int(counts[i]),
+                                  seq_len, num_samples) for i, source in enumerate(sources)],
     }
     write_mixture_spec(tmp, description)
-    write_manifest(
-        tmp,
-        inputs=[{"path": f"tokens/{s['name']}/{MANIFEST}", "sha256": sha256_file(layout.tokens(s["name"]) / MANIFEST)}
-                for s in sources if s["manifest"]],
-        config={"mix_plan": OmegaConf.to_container(settings, resolve=True),
-                "mixture": OmegaConf.to_container(mixture, resolve=True)},
-        counts={"num_samples": num_samples, "samples": {s["name"]: int(c) for s, c in zip(sources, counts, strict=True)}},
-        outputs={f: sha256_file(tmp / f) for f in (PLAN_SOURCE, PLAN_SAMPLE, MIXTURE_SPEC)},
-    )
+    _write_plan_manifest(tmp, cfg, sources, counts, num_samples)
     replace_folder(tmp, out)
     _print_summary(description)
     return out

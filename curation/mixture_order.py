@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import numpy as np
 from numba import njit
 
-from data_contract import Refusal
+from data_contract.refusal import Refusal
 
 MAX_SAMPLES = 1 << 31  # keeps the scheduler's products (taken_i x N, n_i x t) inside int64
 _FEISTEL_ROUNDS = 4  # Luby-Rackoff: four rounds of a pseudo-random function give a pseudo-random permutation

@@ -18,11 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from curation.data_root_claim import claim_and_run
 from curation.executors import Stage
 from curation.sources import Source
-from curation.steps.bookkeeping import LedgerStep
+from curation.steps.accounting import AccountedStep, removed_writer
 from curation.steps.quality_classifier import MODEL_FILE, QualityFilter, TrainQualityClassifier
 from curation.steps.readers import StageReader
-from curation.steps.registry import removed_writer
-from data_contract import DataLayout, Refusal
+from data_contract.layout import DataLayout
+from data_contract.refusal import Refusal
 
 
 def quality_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout, after: tuple[str, ...]) -> list[Stage]:
@@ -45,8 +45,8 @@ def quality_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout, a
     for source in sources:
         pipeline: list[PipelineStep] = [StageReader(str(layout.work(source.name, "dedup")))]
         if source in scored:
-            writer = removed_writer(str(layout.removed(source.name)), "quality")
-            pipeline.append(LedgerStep("quality", QualityFilter(str(model_path), q.alpha, q.seed, writer)))
+            writer = removed_writer(layout, "quality", source.name)
+            pipeline.append(AccountedStep("quality", QualityFilter(str(model_path), q.alpha, q.seed, writer)))
         pipeline.append(JsonlWriter(str(layout.curated(source.name)), output_filename="${rank}.jsonl.gz"))
         stages.append(Stage(f"curate_{source.name}", pipeline, source.tasks,
                             layout.logs("curate", source.name), after))

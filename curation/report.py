@@ -1,4 +1,4 @@
-"""The run's books and report: stats.json and manifest.json per source, report/curation.md, funnel.png.
+"""What curation kept and removed, and why: stats.json and manifest.json per source, report/curation.md, funnel.png.
 
     python -m curation.report [overrides]      # after the other stages; also the last stage of curation.run
 
@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from curation.data_root_claim import claim
 from curation.executors import layout_of
 from curation.sources import Source, selected_sources
-from curation.steps.bookkeeping import (
+from curation.steps.accounting import (
     EDITED_CHARS,
     ERRORS,
     IN_CHARS,
@@ -34,7 +34,9 @@ from curation.steps.bookkeeping import (
 )
 from curation.steps.priority_dedup import rank_blocks, source_of_rank
 from curation.steps.quality_classifier import classifier_metrics
-from data_contract import MANIFEST, DataLayout, sha256_file, write_atomic, write_json, write_manifest
+from data_contract.atomic_files import sha256_file, write_atomic, write_json
+from data_contract.layout import DataLayout
+from data_contract.manifest import MANIFEST, write_manifest
 
 STATS = "stats.json"
 
@@ -53,7 +55,7 @@ def step_record(stage: str, step: str, stats: dict[str, float]) -> dict[str, Any
 
 
 def source_steps(source: Source, sources: list[Source], layout: DataLayout) -> list[dict[str, Any]]:
-    """The funnel of one source: read, its own steps, dedup, quality; as booked by the tasks."""
+    """The funnel of one source: read, its own steps, dedup, quality; as the tasks counted it."""
     records = []
     filtered = task_stats(layout.logs("filter", source.name))
     for step in ("read", *source.steps):

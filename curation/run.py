@@ -1,4 +1,4 @@
-"""All curation stages: filter -> dedup -> quality -> report -> tokenizer, token files, mixture plan.
+"""All curation stages: filter -> dedup -> quality -> tokenizer, token files, mixture plan -> report.
 
     python -m curation.run [overrides]
     python -m curation.run only=[commoncrawl] sources.commoncrawl.input='/data/cc/*.warc.gz'
@@ -21,23 +21,26 @@ from curation.quality import quality_stages
 from curation.report import CurationReport
 from curation.sources import Source
 from curation.training_data import PrepareTrainingData, probe_tokenizer_libraries
-from data_contract import DataLayout
+from data_contract.layout import DataLayout
 
 
 def curation_stages(cfg: DictConfig, sources: list[Source], layout: DataLayout) -> list[Stage]:
+    """The report comes last, after the training data when this run prepares it, so it counts their tokens."""
     stages = filter_stages(sources, layout)
     stages += dedup_stages(cfg, sources, layout, after=tuple(s.name for s in stages))
     quality = quality_stages(cfg, sources, layout, after=(last_dedup_stage(cfg),))
     stages += quality
-    stages.append(Stage("report", [CurationReport(cfg, sources, layout)], 1, layout.logs("report"),
-                        after=tuple(s.name for s in quality)))
+    report_after = tuple(s.name for s in quality)
     prepare = cfg.prepare_training_data
     if prepare == "auto":
         prepare = cfg.only is None and cfg.get("mixture") is not None
     if prepare:
         probe_tokenizer_libraries()
         stages.append(Stage("training_data", [PrepareTrainingData(cfg)], 1, layout.logs("training_data"),
-                            after=("report",)))
+                            after=report_after))
+        report_after = ("training_data",)
+    stages.append(Stage("report", [CurationReport(cfg, sources, layout)], 1, layout.logs("report"),
+                        after=report_after))
     return stages
 
 

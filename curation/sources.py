@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from curation.steps.readers import FORMATS
 from curation.steps.registry import STEPS
-from data_contract import DataLayout, Refusal, write_atomic
+from data_contract.atomic_files import write_atomic
+from data_contract.layout import DataLayout
+from data_contract.refusal import Refusal
 
 QUALITY_ROLES = ("positive", "scored")
 CURATED_GLOB = "*.jsonl.gz"

@@ -39,19 +39,12 @@ from tqdm import tqdm
 
 from curation.sources import CURATED_GLOB, curated_reader, normalized_weights
 from curation.steps.sentencepiece_tokenizer import SentencePieceDocumentTokenizer, id_in
-from data_contract import (
-    BPE_TOKENIZER_JSON,
-    GPT2_EOS,
-    MANIFEST,
-    DataLayout,
-    Refusal,
-    read_json,
-    sha256_file,
-    token_dtype,
-    token_file_entry,
-    tokenizer_identity,
-    write_manifest,
-)
+from data_contract.atomic_files import read_json, sha256_file
+from data_contract.layout import DataLayout
+from data_contract.manifest import MANIFEST, write_manifest
+from data_contract.refusal import Refusal
+from data_contract.token_files import token_dtype, token_file_entry
+from data_contract.tokenizer_files import BPE_TOKENIZER_JSON, GPT2_EOS, tokenizer_identity
 
 
 @dataclass

@@ -3,7 +3,7 @@ mixture proportions, or (`tokenizer=gpt2`) GPT-2's released byte-level BPE, inst
 
 `python -m curation.train_tokenizer [overrides]` writes `${paths.data_root}/tokenizer/spm.model` (or
 GPT-2's `vocab.json`, `merges.txt` and the `tokenizer.json` built from them) and a `manifest.json`
-with the tokenizer's identity (data_contract.tokenizer_identity), its special ids and the bytes per
+with the tokenizer's identity (data_contract.tokenizer_files.tokenizer_identity), its special ids and the bytes per
 token measured on each source's sample.
 
 The model is lossless by construction: identity normalization, whitespace kept as is (no dummy
@@ -25,23 +25,21 @@ import sentencepiece as spm
 from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
 
+from curation.assets import ensure_gpt2_bpe
 from curation.sources import CURATED_GLOB, curated_reader, normalized_weights
-from data_contract import (
+from data_contract.atomic_files import sha256_file, write_atomic
+from data_contract.layout import DataLayout
+from data_contract.manifest import MANIFEST, write_manifest
+from data_contract.refusal import Refusal
+from data_contract.token_files import token_dtype
+from data_contract.tokenizer_files import (
     BPE_MERGES,
     BPE_TOKENIZER_JSON,
     BPE_VOCAB,
     GPT2_EOS,
-    MANIFEST,
     TOKENIZER_MODEL,
-    DataLayout,
-    Refusal,
     byte_level_bpe,
-    ensure_gpt2_bpe,
-    sha256_file,
-    token_dtype,
     tokenizer_identity,
-    write_atomic,
-    write_manifest,
 )
 
 SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}

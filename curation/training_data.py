@@ -1,4 +1,7 @@
-"""The last stage of `curation.run`: tokenizer, token files and mixture plan, once the sources are curated."""
+"""The training-data stage of `curation.run`: tokenizer, token files and mixture plan, once the sources are curated.
+
+The report stage runs after it, so the run's one report counts the tokens per source too.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 from omegaconf import DictConfig, OmegaConf
 
-from data_contract import Refusal
+from data_contract.refusal import Refusal
 
 
 def probe_tokenizer_libraries() -> None:
@@ -36,11 +39,9 @@ class PrepareTrainingData(PipelineStep):
         # Resolved now: Slurm tasks start with another environment and working directory.
         self.config = OmegaConf.to_container(cfg, resolve=True)
 
-    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        from curation.executors import layout_of
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
+        # imported here: a missing sentencepiece is then probe_tokenizer_libraries' one line, not an ImportError
         from curation.mix import build_mix
-        from curation.report import write_report
-        from curation.sources import selected_sources
         from curation.tokenize import tokenize_sources
         from curation.train_tokenizer import train_tokenizer
 
@@ -48,5 +49,3 @@ class PrepareTrainingData(PipelineStep):
         train_tokenizer(cfg)
         tokenize_sources(cfg)
         logger.info(f"mixture plan: {build_mix(cfg)}")
-        write_report(cfg, selected_sources(cfg), layout_of(cfg))  # again, now with the tokens per source
-        return data

@@ -3,7 +3,7 @@
     python -m model.convert direction=from_hf src=HF_GPT2_DIR dst=OUT_DIR     # -> config.json + model.safetensors
     python -m model.convert direction=to_hf src=MODEL_DIR dst=OUT_DIR [tokenizer=PATH]
 
-MODEL_DIR may also be a checkpoint or run dir (see model.pretrained.resolve_model_dir). The tokenizer
+MODEL_DIR may also be a checkpoint or run dir (see model.model_dir.resolve_model_dir). The tokenizer
 travels both ways: from_hf keeps the HF dir's GPT-2 tokenizer files beside the weights, to_hf exports
 the tokenizer saved beside the weights (either kind) unless `tokenizer` names another.
 """
@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 
 from model.generate import NO_OUTPUT_FILES, QUIET_COMMAND_DEFAULTS
 from model.hf import load_hf_gpt2, save_hf_gpt2
-from model.pretrained import load_pretrained, resolve_model_dir, save_pretrained
+from model.model_dir import resolve_model_dir
+from model.saved_model import load_pretrained, save_pretrained
 from model.tokenizer import has_tokenizer
 
 DIRECTIONS = ("from_hf", "to_hf")

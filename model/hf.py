@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from data_contract import GPT2_EOS
+from data_contract.tokenizer_files import GPT2_EOS
 from model.gpt import GPT
-from model.locate import CONFIG_FILE, hf_gpt_config
-from model.pretrained import build_from_state_dict
+from model.model_dir import CONFIG_FILE, hf_gpt_config
+from model.saved_model import build_from_state_dict
 from model.spm_export import write_hf_tokenizer
 from model.tokenizer import copy_tokenizer, load_tokenizer, sentencepiece_file
 

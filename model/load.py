@@ -1,5 +1,5 @@
 """Any model a user may start from, with its tokenizer: a run dir, a checkpoint dir, a saved-model dir
-(model/pretrained.py) or a Hugging Face GPT-2 dir (model/hf.py), as model/locate.py finds them.
+(model/saved_model.py) or a Hugging Face GPT-2 dir (model/hf.py), as model/model_dir.py finds them.
 Generation, conversion, continued pretraining, fine-tuning and evaluation take their `init` here."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 
 from model.gpt import GPT
 from model.hf import load_hf_gpt2
-from model.locate import hf_config, locate_model
-from model.pretrained import load_pretrained
+from model.model_dir import hf_config, locate_model
+from model.saved_model import load_pretrained
 from model.tokenizer import TextTokenizer, has_tokenizer, load_tokenizer
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import sentencepiece
 from tokenizers import Tokenizer, decoders
 
-from data_contract import (
+from data_contract.tokenizer_files import (
     BPE_TOKENIZER_JSON,
     GPT2_EOS,
     SAVED_SPM_MODEL,

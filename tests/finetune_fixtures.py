@@ -17,7 +17,7 @@ import torch
 
 from model import GPT, GPTConfig
 from model.loss import next_token_loss
-from model.pretrained import save_pretrained
+from model.saved_model import save_pretrained
 from train.finetune.task_sets import heldout_wikipedia
 
 TOKENIZER = "tokenizers/sentencepiece/botchan_en_bpe_1000.model"

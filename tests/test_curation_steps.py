@@ -1,4 +1,4 @@
-"""Unit tests of the curation steps this project adds to datatrove (readers, ledger, dedup, quality)."""
+"""Unit tests of the curation steps this project adds to datatrove (readers, accounting, dedup, quality)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from curation.sources import selected_sources
-from curation.steps.bookkeeping import LedgerStep
-from curation.steps.extraction import BookedTrafilatura
+from curation.steps.accounting import AccountedStep
+from curation.steps.extraction import AccountedTrafilatura
 from curation.steps.gutenberg import GutenbergStripper
 from curation.steps.priority_dedup import PriorityMinhashCluster, SourcePriority, rank_blocks, source_of_rank
 from curation.steps.quality_classifier import keep_by_pareto, paragraphs
 from curation.steps.readers import make_reader
-from data_contract import Refusal
+from data_contract.refusal import Refusal
 from tests.curation_fixtures import curate_config, read_docs
 
 ENGLISH = ("The committee met on Tuesday to review the budget for the coming year. Members agreed that the "
@@ -176,8 +176,8 @@ def test_ledger_balances_documents_and_characters_and_keeps_removed_text(tmp_pat
     docs = [Document(text=ENGLISH + " Write to jane.doe@example.com for details.", id="long"),
             Document(text="Too short to keep.", id="short"), Document(text=ENGLISH, id="plain")]
     removed = JsonlWriter(str(tmp_path / "gopher"), output_filename="${rank}.jsonl.gz")
-    gopher = LedgerStep("gopher_quality", GopherQualityFilter(exclusion_writer=removed))
-    pii = LedgerStep("pii", PIIFormatter(), removed_writer=JsonlWriter(str(tmp_path / "pii")))
+    gopher = AccountedStep("gopher_quality", GopherQualityFilter(exclusion_writer=removed))
+    pii = AccountedStep("pii", PIIFormatter(), removed_writer=JsonlWriter(str(tmp_path / "pii")))
 
     kept = list(pii.run(gopher.run(iter(docs))))
 
@@ -201,8 +201,8 @@ def test_extraction_books_a_timeout_apart_from_a_page_without_text(tmp_path: Pat
                                                                    removed: dict[str, int]) -> None:
     page = Document(text=f"<html><body><article><p>{ENGLISH}</p></article></body></html>", id="page")
     blank = Document(text="<html><body><script>var x = 1;</script></body></html>", id="blank")
-    extract = LedgerStep("extract", BookedTrafilatura(timeout=timeout),
-                         removed_writer=JsonlWriter(str(tmp_path), output_filename="${rank}.jsonl.gz"))
+    extract = AccountedStep("extract", AccountedTrafilatura(timeout=timeout),
+                            removed_writer=JsonlWriter(str(tmp_path), output_filename="${rank}.jsonl.gz"))
 
     out = list(extract.run(iter([page, blank]), 0, 1))
 

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from model.load import load_model_and_tokenizer
-from model.pretrained import load_pretrained
+from model.saved_model import load_pretrained
 from tests.commands import REPO, run_module
 from tests.finetune_fixtures import memorised_articles, memoriser
 from tests.lm_eval_fixtures import lm_eval_rolling_and_generation_tasks, lm_eval_task
@@ -24,7 +24,7 @@ from tests.train_fixtures import make_data_root
 from train.evaluate import evaluate, table
 from train.finetune.task_sets import next_sentence_items, write_jsonl
 from train.lm_eval_adapter import lm_eval_metrics
-from train.zero_shot import FewShot, Item, draw_shots, load_items, prompt, shot_pool, zero_shot_metrics
+from train.multiple_choice import FewShot, Item, draw_shots, load_items, prompt, shot_pool, zero_shot_metrics
 
 
 @pytest.fixture(scope="module")

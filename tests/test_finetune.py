@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from data_contract import Refusal
+from data_contract.refusal import Refusal
 from model import GPT, GPTConfig
 from model.generate import generate
 from model.load import load_model_and_tokenizer
-from model.pretrained import load_pretrained
 from model.resize import add_tokens
+from model.saved_model import load_pretrained
 from tests.commands import REPO, run_module
 from tests.finetune_fixtures import TOKENIZER, memoriser, task_data_root
 from train.finetune.examples import (

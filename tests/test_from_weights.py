@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_contract import ensure_gpt2_bpe, tokenizer_identity
+from curation.assets import ensure_gpt2_bpe
+from data_contract.tokenizer_files import tokenizer_identity
 from tests.commands import run_module
 from tests.train_fixtures import launch, losses, make_data_root, read_metrics
 

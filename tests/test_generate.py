@@ -12,7 +12,7 @@ from model import GPT, GPTConfig
 from model.generate import generate, sample_next
 from model.hf import load_hf_gpt2, save_hf_gpt2
 from model.load import load_model_and_tokenizer
-from model.pretrained import save_pretrained
+from model.saved_model import save_pretrained
 from tests.commands import SAMPLE_CORPUS, run_module
 
 CONFIG = GPTConfig(vocab_size=1000, block_size=64, n_layer=2, n_head=4, n_embd=64)

@@ -12,7 +12,7 @@ import torch
 from model import GPT, GPTConfig
 from model.convert import convert
 from model.hf import load_hf_gpt2, save_hf_gpt2
-from model.pretrained import load_pretrained, save_pretrained
+from model.saved_model import load_pretrained, save_pretrained
 from tests.commands import SAMPLE_CORPUS, run_module
 
 transformers = pytest.importorskip("transformers")

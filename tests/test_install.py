@@ -46,4 +46,4 @@ def test_the_stock_pip_of_a_fresh_venv_resolves_the_pinned_environment(tmp_path:
                          "print(*(u.find_spec(m).origin for m in sys.argv[1:]), sep=chr(10))", *modules],
                         cwd=tmp_path, check=True)
     assert [Path(origin).relative_to(REPO).parts[0] for origin in found.stdout.split()] == [
-        "curation", "model", "train", "data_contract.py", "gptpipe.py"]
+        "curation", "model", "train", "data_contract", "gptpipe.py"]

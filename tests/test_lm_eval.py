@@ -17,12 +17,13 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
-from data_contract import BPE_MERGES, BPE_VOCAB, ensure_gpt2_bpe
+from curation.assets import ensure_gpt2_bpe
+from data_contract.tokenizer_files import BPE_MERGES, BPE_VOCAB
 from model.load import load_model_and_tokenizer
 from tests.lm_eval_fixtures import lm_eval_task
 from train.finetune.task_sets import heldout_wikipedia, next_sentence_items, write_jsonl
 from train.lm_eval_adapter import GPTForLMEval
-from train.zero_shot import FewShot, load_items, prompt, zero_shot_metrics
+from train.multiple_choice import FewShot, load_items, prompt, zero_shot_metrics
 
 BLOCK = 64  # short, so that long contexts are cut from the left on both sides
 TOLERANCE = 1e-4

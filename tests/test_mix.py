@@ -23,7 +23,10 @@ from curation.mixture_order import allocate_samples, drift_bounds, interleave, p
 from curation.sources import selected_sources
 from curation.tokenize import tokenize_sources
 from curation.train_tokenizer import train_tokenizer
-from data_contract import MANIFEST, DataLayout, Refusal, token_file_entry, write_manifest
+from data_contract.layout import DataLayout
+from data_contract.manifest import MANIFEST, write_manifest
+from data_contract.refusal import Refusal
+from data_contract.token_files import token_file_entry
 from tests.commands import REPO
 from tests.curation_fixtures import compose_curate, write_curated
 

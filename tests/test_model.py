@@ -15,7 +15,7 @@ from model.activation import gelu_tanh
 from model.attention import attention
 from model.flops import flops_per_token
 from model.loss import next_token_loss
-from model.pretrained import load_pretrained, save_pretrained
+from model.saved_model import load_pretrained, save_pretrained
 from train.model_presets import PRESETS_DIR, PUBLISHED_PARAMS, count_params, load_preset, preset_names
 
 SMALL = GPTConfig(vocab_size=1000, block_size=32, n_layer=2, n_head=4, n_embd=64)

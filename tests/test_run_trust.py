@@ -20,7 +20,7 @@ import pytest
 
 from tests.commands import command_env, run_command
 from tests.train_fixtures import SMALL_MODEL, launch, losses, make_data_root, read_metrics, wandb_ids
-from train.run_dir import complete_checkpoints, step_of
+from train.checkpointing.layout import complete_checkpoints, step_of
 
 QUIET = ["eval.every=0", "eval.sample_every=0", "precision=fp32", "checkpoint.every=2"]
 

@@ -118,7 +118,8 @@ def test_gpt2_tokenizer_writes_the_released_ids_and_a_plan(sample_corpus: Path, 
     transformers' GPT2TokenizerFast gives each document, then <|endoftext|> (50256), as uint16."""
     from transformers import GPT2TokenizerFast
 
-    from data_contract import ensure_gpt2_bpe, tokenizer_identity
+    from curation.assets import ensure_gpt2_bpe
+    from data_contract.tokenizer_files import tokenizer_identity
 
     documents = write_curated(tmp_path, sample_corpus)
     settings = ("tokenizer=gpt2", "tokenizer.sample_bytes=200000", "token_files.val_docs=5", "token_files.progress=false")

@@ -9,7 +9,8 @@ import pytest
 import sentencepiece as spm
 
 from curation.train_tokenizer import train_tokenizer
-from data_contract import Refusal, sha256_file
+from data_contract.atomic_files import sha256_file
+from data_contract.refusal import Refusal
 from tests.curation_fixtures import compose_curate, write_curated
 
 

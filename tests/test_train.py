@@ -13,9 +13,10 @@ import torch
 
 from tests.commands import run_command, run_module
 from tests.train_fixtures import SMALL_MODEL, launch, losses, make_data_root, read_metrics, wandb_ids
-from train.checkpoint import complete_checkpoints, newest_verified
+from train.checkpointing.checkpointer import newest_verified
+from train.checkpointing.layout import complete_checkpoints
 from train.cpu_shm_collectives import ranks_share_one_machine
-from train.skip_step import LossSpikeGuard, SkipStepAdamW
+from train.spike_guard import LossSpikeGuard, SkipStepAdamW
 
 METRICS = ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu", "train/step_time_s",
            "train/tokens_seen", "val/loss", "val/bpb", "val/ppl", "sys/max_rss_gb"]
@@ -117,7 +118,7 @@ def test_two_rank_zero3_run_writes_every_metric_and_a_checkpoint(tmp_path: Path,
     assert (run_dir / "config.yaml").is_file()
     assert len(wandb_ids(run_dir)) == 1
 
-    from model.pretrained import load_pretrained
+    from model.saved_model import load_pretrained
 
     exported = load_pretrained(run_dir)
     assert exported.config.vocab_size == 1000 and exported.config.n_layer == 2

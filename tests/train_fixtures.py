@@ -1,11 +1,12 @@
-"""Small real training data for trainer tests, written through the data contract (data_contract.py).
+"""Small real training data for trainer tests, written through the data contract (data_contract/).
 
 Also how tests launch the trainer (`launch`) and read a run back.
 
 Two sources cut from the real sample corpus (Austen, Botchan), tokenized with a sentencepiece model
 that ships in the corpus (or GPT-2's released BPE); a plan that alternates the sources over shuffled
 windows. The trainer
-tests do not depend on the curation code, only on the contract's paths, manifests and mixture spec.
+tests do not depend on the curation code (but for curation.assets, which fetches GPT-2's released files), only on
+the contract's paths, manifests and mixture spec.
 """
 
 from __future__ import annotations
@@ -19,22 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from data_contract import (
+from curation.assets import ensure_gpt2_bpe
+from data_contract.atomic_files import sha256_file, write_atomic
+from data_contract.layout import DataLayout
+from data_contract.manifest import write_manifest
+from data_contract.mixture_spec import PLAN_SAMPLE, PLAN_SOURCE, write_mixture_spec
+from data_contract.tokenizer_files import (
     BPE_MERGES,
     BPE_TOKENIZER_JSON,
     BPE_VOCAB,
     GPT2_EOS,
-    PLAN_SAMPLE,
-    PLAN_SOURCE,
     TOKENIZER_MODEL,
-    DataLayout,
     byte_level_bpe,
-    ensure_gpt2_bpe,
-    sha256_file,
     tokenizer_identity,
-    write_atomic,
-    write_manifest,
-    write_mixture_spec,
 )
 from tests.commands import run_command
 

@@ -1,6 +1,6 @@
 """Training and validation samples from a mixture plan (`curation.mix` output), read via memmap.
 
-The contract (data_contract.py; written by curation/mix.py): `mix/<name>/plan_source.npy` and `plan_sample.npy`
+The contract (data_contract/mixture_spec.py; written by curation/mix.py): `mix/<name>/plan_source.npy` and `plan_sample.npy`
 give, for plan position p, a source index and a window index w; window w of a source is tokens
 [w*L, w*L + L + 1) of the concatenation of its train token files, in `mixture.json` order.
 Global batch i is plan positions [i*B, (i+1)*B); rank r reads its contiguous slice of it, so the
@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_contract import PLAN_SAMPLE, PLAN_SOURCE, Refusal, read_mixture_spec
+from data_contract.mixture_spec import PLAN_SAMPLE, PLAN_SOURCE, read_mixture_spec
+from data_contract.refusal import Refusal
 
 
 class TokenStream:

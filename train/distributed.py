@@ -105,9 +105,9 @@ def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def threads_per_rank(cfg: Any, world_size: int) -> int:
-    """`train.threads_per_rank`, or this process's CPUs shared among the ranks on its node."""
-    if cfg.train.threads_per_rank:
-        return int(cfg.train.threads_per_rank)
+def threads_per_rank(setting: int | None, world_size: int) -> int:
+    """`train.threads_per_rank` (`setting`), or this process's CPUs shared among the ranks on its node."""
+    if setting:
+        return int(setting)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or world_size)
     return max(1, len(os.sched_getaffinity(0)) // max(local_ranks, 1))

@@ -1,18 +1,18 @@
-"""The DeepSpeed JSON, built from the Hydra tree so that settings live in one place (conf/), and the engine."""
+"""The DeepSpeed JSON, built from the typed settings (train/settings.py) so that they live in one place, and the engine."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from data_contract import Refusal
 from train.distributed import accelerator
 from train.optim import param_groups
-from train.preflight import grad_accum_steps
-from train.skip_step import LossSpikeGuard, SkipStepAdamW
+from train.settings import DeepSpeedSettings, LoopSettings, OptimSettings, SpikeGuardSettings
+from train.spike_guard import LossSpikeGuard, SkipStepAdamW
 
 
 def cpu_has_bf16() -> bool:
@@ -25,7 +25,7 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(setting: str) -> str:
-    """`precision` (auto, bf16 or fp32: train/settings.py checks the choice) for this hardware."""
+    """`precision` (auto, bf16 or fp32) for this hardware."""
     if setting != "auto":
         return setting
     if torch.cuda.is_available():
@@ -33,9 +33,9 @@ def resolve_precision(setting: str) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
-def build_ds_config(cfg: Any, world_size: int, precision: str) -> dict[str, Any]:
-    zero = cfg.deepspeed
-    accum = grad_accum_steps(cfg.train.global_batch_size, cfg.train.micro_batch_size, world_size)
+def build_ds_config(zero: DeepSpeedSettings, loop: LoopSettings, grad_clip: float, world_size: int,
+                    precision: str) -> dict[str, Any]:
+    """The DeepSpeed JSON: ZeRO's settings, the batch arithmetic of the loop's, clipping and precision."""
     zero_config: dict[str, Any] = {
         "stage": zero.stage,
         "overlap_comm": zero.overlap_comm,
@@ -46,29 +46,27 @@ def build_ds_config(cfg: Any, world_size: int, precision: str) -> dict[str, Any]
         zero_config["stage3_prefetch_bucket_size"] = int(zero.stage3_prefetch_bucket_size)
         zero_config["stage3_param_persistence_threshold"] = int(zero.stage3_param_persistence_threshold)
         zero_config["memory_efficient_linear"] = bool(zero.memory_efficient_linear)
-    for part in ("optimizer", "param"):
-        device = zero[f"offload_{part}"]
-        if device not in ("none", "cpu"):
-            raise Refusal(f"deepspeed.offload_{part}={device!r} must be none or cpu")
+    for part, device in (("optimizer", zero.offload_optimizer), ("param", zero.offload_param)):
         if device == "cpu":
             zero_config[f"offload_{part}"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     return {
-        "train_batch_size": cfg.train.global_batch_size,
-        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
-        "gradient_accumulation_steps": accum,
-        "gradient_clipping": cfg.optim.grad_clip,
+        "train_batch_size": loop.global_batch_size,
+        "train_micro_batch_size_per_gpu": loop.micro_batch_size,
+        "gradient_accumulation_steps": loop.grad_accum_steps(world_size),
+        "gradient_clipping": grad_clip,
         "zero_optimization": zero_config,
         "bf16": {"enabled": precision == "bf16"},
-        # The client optimizer (train/skip_step.py) is torch's fused AdamW that can skip a step.
+        # The client optimizer (train/spike_guard.py) is torch's fused AdamW that can skip a step.
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**12,
         "wall_clock_breakdown": False,
     }
 
 
-def start_engine(model: nn.Module, cfg: Any, ds_config: dict[str, Any]) -> tuple[Any, SkipStepAdamW]:
-    """The DeepSpeed engine over `model` with GPT-3's AdamW groups, skipping loss spikes when the config
-    has a `spike_guard` section.
+def start_engine(model: nn.Module, zero: DeepSpeedSettings, optim: OptimSettings,
+                 spike_guard: SpikeGuardSettings | None, ds_config: dict[str, Any]) -> tuple[Any, SkipStepAdamW]:
+    """The DeepSpeed engine over `model` with GPT-3's AdamW groups, skipping loss spikes when the stage
+    has a spike guard.
 
     Under ZeRO-3 the classes named in `deepspeed.stage3_leaf_modules` are fetched whole: one
     all-gather and one set of hooks per transformer block instead of one per LayerNorm and linear,
@@ -77,11 +75,12 @@ def start_engine(model: nn.Module, cfg: Any, ds_config: dict[str, Any]) -> tuple
     import deepspeed
     from deepspeed.utils import set_z3_leaf_modules
 
-    if cfg.deepspeed.stage == 3 and cfg.deepspeed.stage3_leaf_modules:
-        set_z3_leaf_modules(model, list(cfg.deepspeed.stage3_leaf_modules))
-    spike = cfg.get("spike_guard")
-    guard = LossSpikeGuard(**spike, device=accelerator()) if spike is not None else None
-    optimizer = SkipStepAdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                              betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, guard=guard)
+    if zero.stage == 3 and zero.stage3_leaf_modules:
+        set_z3_leaf_modules(model, list(zero.stage3_leaf_modules))
+    guard = None
+    if spike_guard is not None:
+        guard = LossSpikeGuard(**dataclasses.asdict(spike_guard), device=accelerator())
+    optimizer = SkipStepAdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas),
+                              eps=optim.eps, guard=guard)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine, optimizer

@@ -2,7 +2,7 @@
 
 `init` is anything a model can be started from (run dir, checkpoint dir, saved-model dir, Hugging Face
 GPT-2 dir), with either tokenizer kind. The built-in harness scores multiple-choice JSONL sets with
-train/zero_shot.py; `harness=lm_eval` runs EleutherAI's lm-evaluation-harness tasks through
+train/multiple_choice.py; `harness=lm_eval` runs EleutherAI's lm-evaluation-harness tasks through
 train/lm_eval_adapter.py (the same scoring conventions, so the numbers compare). Prints a table with the
 chance baseline beside the accuracies and, on the last line, the metrics as JSON (the names pretraining
 logs them under). Config: conf/evaluate.yaml.
@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from model.gpt import GPT
 from model.load import load_model_and_tokenizer
 from model.tokenizer import TextTokenizer
-from train.zero_shot import eval_fewshot, zero_shot_metrics
+from train.multiple_choice import eval_fewshot, zero_shot_metrics
 
 HARNESSES = ("builtin", "lm_eval")
 TABLE_COLUMNS = {"acc": "acc", "acc_norm": "acc_norm", "acc_per_token": "acc/token", "chance": "chance"}
@@ -36,21 +36,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise ValueError(f"harness={cfg.harness} is not one of {', '.join(HARNESSES)}")
     fewshot = eval_fewshot(cfg)
     if cfg.harness == "builtin":
-        model, tokenizer = load(cfg)
+        model, tokenizer = load(cfg.init, cfg.tokenizer, cfg.device, cfg.threads)
         return zero_shot_metrics(model, list(cfg.tasks), tokenizer.encode, tokenizer.eos_id, 0, 1, fewshot,
                                  cfg.eos_before_context)
     from train.lm_eval_adapter import lm_eval_metrics, task_manager  # optional: refused here when missing
 
     task_manager(tuple(cfg.tasks), tuple(cfg.lm_eval_include))  # unknown names refused before the model loads
-    model, tokenizer = load(cfg)
+    model, tokenizer = load(cfg.init, cfg.tokenizer, cfg.device, cfg.threads)
     return lm_eval_metrics(model, tokenizer, list(cfg.tasks), list(cfg.lm_eval_include), fewshot, int(cfg.batch_size),
                            eos_before_context=cfg.eos_before_context)
 
 
-def load(cfg: DictConfig) -> tuple[GPT, TextTokenizer]:
-    """The model at `init` in any of its forms, and its tokenizer of either kind (or `tokenizer`)."""
-    model, tokenizer, _ = load_model_and_tokenizer(cfg.init, cfg.tokenizer, cfg.device)
-    torch.set_num_threads(cfg.threads or torch.get_num_threads())
+def load(init: str, tokenizer_dir: str | None, device: str, threads: int | None) -> tuple[GPT, TextTokenizer]:
+    """The model at `init` in any of its forms, and its tokenizer of either kind (or `tokenizer_dir`'s)."""
+    model, tokenizer, _ = load_model_and_tokenizer(init, tokenizer_dir, device)
+    torch.set_num_threads(threads or torch.get_num_threads())
     return model, tokenizer
 
 

@@ -2,7 +2,7 @@
 and `eval.harness=lm_eval` in pretraining.
 
 `GPTForLMEval` is lm-eval's model interface (`lm_eval.api.model.LM`) over a GPT, or the DeepSpeed engine
-holding one, and its tokenizer. It scores requests with the project's own scorer (train/zero_shot.py:
+holding one, and its tokenizer. It scores requests with the project's own scorer (train/multiple_choice.py:
 `encode_pair` and `score_continuations` follow lm-eval's conventions), so `harness=lm_eval` and the
 built-in harness give the same numbers on the same set, and lm-eval's `hf` model gives the same
 log-likelihoods on an exported model (tests/test_lm_eval.py).
@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from model.tokenizer import TextTokenizer
 from train.metrics import Progress
-from train.zero_shot import FewShot, encode_pair, model_device, score_continuations
+from train.multiple_choice import FewShot, encode_pair, model_device, score_continuations
 
 try:
     from lm_eval import simple_evaluate

@@ -1,4 +1,4 @@
-"""GPT-3's AdamW parameter groups and the learning-rate schedules (the optimizer itself: train/skip_step.py)."""
+"""GPT-3's AdamW parameter groups and the learning-rate schedules (the optimizer itself: train/spike_guard.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 from typing import Any
 
 from torch import nn
+
+from train.settings import OptimSettings, ScheduleSettings
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -24,24 +26,30 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_at(step: int, total_steps: int, cfg: Any) -> float:
-    """Learning rate for optimizer step `step` (0-based).
+class LearningRateSchedule:
+    """Learning rate for optimizer step `step` (0-based) of a run of `total_steps`.
 
     cosine: linear warmup, then cosine decay to min_lr_ratio x peak at the last step (GPT-3, Brown et
     al. 2020, section 2.3/appendix B). wsd: warmup, constant, then linear decay over the last
-    decay_fraction of steps (warmup-stable-decay, Hu et al. 2024, MiniCPM).
+    decay_fraction of steps (warmup-stable-decay, Hu et al. 2024, MiniCPM). The warmup is fixed from the
+    steps the stage plans, so a time budget that shortens the run later does not move it.
     """
-    peak, floor = cfg.optim.lr, cfg.optim.lr * cfg.schedule.min_lr_ratio
-    warmup = min(cfg.schedule.warmup_steps, max(total_steps - 1, 0))
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if cfg.schedule.kind == "cosine":
-        progress = (step - warmup) / max(total_steps - 1 - warmup, 1)
-        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    if cfg.schedule.kind == "wsd":
-        decay_steps = max(int(total_steps * cfg.schedule.decay_fraction), 1)
+
+    def __init__(self, optim: OptimSettings, schedule: ScheduleSettings, planned_steps: int) -> None:
+        self.peak, self.floor = optim.lr, optim.lr * schedule.min_lr_ratio
+        self.kind, self.decay_fraction = schedule.kind, schedule.decay_fraction
+        self.warmup_steps = schedule.warmup(planned_steps)
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        peak, floor = self.peak, self.floor
+        warmup = min(self.warmup_steps, max(total_steps - 1, 0))
+        if step < warmup:
+            return peak * (step + 1) / warmup
+        if self.kind == "cosine":
+            progress = (step - warmup) / max(total_steps - 1 - warmup, 1)
+            return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        decay_steps = max(int(total_steps * self.decay_fraction), 1)
         decay_start = total_steps - decay_steps
         if step < decay_start:
             return peak
         return peak - (peak - floor) * min((step - decay_start + 1) / decay_steps, 1.0)
-    raise ValueError(f"schedule.kind={cfg.schedule.kind!r} is not one of cosine, wsd")

@@ -20,15 +20,17 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from model.gpt import GPT
+from train.command import CONF_DIR
 from train.distributed import put_environments_ninja_first, threads_per_rank
 from train.ds_config import resolve_precision
-from train.preflight import CONF_DIR, model_config_for
+from train.preflight import model_config_for
+from train.settings import PretrainLoopSettings, PretrainSettings, typed
 
 
 def build_shm_comm_op() -> None:
@@ -41,20 +43,22 @@ def build_shm_comm_op() -> None:
         print("prebuild: DeepSpeed's shared-memory op cannot be built here; training uses gloo alone")
 
 
-def compile_cpu_kernels(cfg: DictConfig, precision: str) -> None:
+def compile_cpu_kernels(model_settings: Any, loop: PretrainLoopSettings, precision: str) -> None:
     """One forward and backward of the run's model (one layer and a small vocabulary are enough: the
     kernels are per layer and not in the head) on one micro batch of the run's sequence length, in this
     process's current thread count."""
-    config = dataclasses.replace(model_config_for(cfg, 64), n_layer=1, vocab_size=64)
+    config = dataclasses.replace(model_config_for(model_settings, None, 64), n_layer=1, vocab_size=64)
     model = GPT(config).to(torch.bfloat16 if precision == "bf16" else torch.float32)
-    tokens = torch.randint(0, config.vocab_size, (cfg.train.micro_batch_size, cfg.train.seq_len))
+    tokens = torch.randint(0, config.vocab_size, (loop.micro_batch_size, loop.seq_len))
     model(tokens).float().mean().backward()
 
 
-def run_settings(overrides: list[str]) -> DictConfig:
+def run_settings(overrides: list[str]) -> PretrainSettings:
     """The pretraining settings `python -m train <overrides>` would run with (conf/pretrain.yaml)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="pretrain", overrides=overrides)
+        # run_name derives from Hydra's runtime choices, which a compose outside an app does not have
+        named = overrides if any(o.startswith("run_name=") for o in overrides) else ["run_name=prebuild", *overrides]
+        return typed(compose(config_name="pretrain", overrides=named), PretrainSettings)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,13 +72,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     start = time.perf_counter()
     build_shm_comm_op()
-    cfg = run_settings(args.overrides)
-    precision = resolve_precision(cfg.precision)
-    threads = threads_per_rank(cfg, args.ranks_per_node)
+    settings = run_settings(args.overrides)
+    precision = resolve_precision(settings.precision)
+    threads = threads_per_rank(settings.train.threads_per_rank, args.ranks_per_node)
     torch.set_num_threads(threads)
-    compile_cpu_kernels(cfg, precision)
+    compile_cpu_kernels(settings.model, settings.train, precision)
     print(f"prebuild: DeepSpeed's shared-memory op and the {precision} CPU kernels for micro batches of "
-          f"{cfg.train.micro_batch_size} x {cfg.train.seq_len} tokens at {threads} thread(s) per rank are built "
+          f"{settings.train.micro_batch_size} x {settings.train.seq_len} tokens at {threads} thread(s) per rank are built "
           f"({time.perf_counter() - start:.0f} s)")
 
 

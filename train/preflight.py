@@ -1,147 +1,104 @@
 """Everything a training command checks before torch, DeepSpeed or the data are touched.
 
-In order: the settings against their typed schema (train/settings.py); the resume request, a Hydra
-sweep job's own run_dir, the run_dir lock and a fresh start's refusal (train/run_dir.py); the data
-against tokenizer and settings; and the run's identity against its newest checkpoint's
-(train/run_identity.py). Each refusal names the key or file and the fix, in one line, within about a
-second of the command; only then is the trainer imported and started.
+In order: the settings against their typed schema (train/settings.py); a Hydra sweep job's own run_dir,
+the run_dir lock and a fresh start's refusal (train/run_folder.py); the resume request; the batch
+arithmetic; the data against tokenizer and settings; and the run's identity against its newest
+checkpoint's (train/checkpointing/identity.py). Each refusal names the key or file and the fix, in one
+line, within about a second of the command; only then is the trainer imported and started
+(train/command.py).
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from data_contract import MIXTURE_SPEC, Refusal, read_mixture_spec, sha256_file, tokenizer_identity
+from data_contract.atomic_files import sha256_file
+from data_contract.mixture_spec import MIXTURE_SPEC, read_mixture_spec
+from data_contract.refusal import Refusal
+from data_contract.tokenizer_files import tokenizer_identity
 from model import GPTConfig
-from model.locate import locate_model
-from train import run_dir as run_dirs
+from model.model_dir import locate_model
+from train import run_folder
+from train.checkpointing.identity import check_same_run, finetune_identity, pretrain_identity
+from train.checkpointing.layout import newest_state, readable_state, resume_request
 from train.launch_env import resolve_env
-from train.run_identity import check_same_run, finetune_identity, pretrain_identity
-from train.settings import SCHEMAS, typed
+from train.settings import (
+    SCHEMAS,
+    DataSettings,
+    PretrainLoopSettings,
+    PretrainSettings,
+    TaskSettings,
+    typed,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def training_command(name: str, config_name: str, task: str) -> Callable[[], None]:
-    """The Hydra entry point of a training stage: `conf/<config_name>.yaml`, checked (`prepare`), then
-    the trainer runs `task` ("module:Class"); a refusal is one `<name>: ...` line on stderr, exit code 2."""
-    @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base=None)
-    def main(cfg: DictConfig) -> None:
-        def start() -> int:
-            checked, identity = prepare(cfg, config_name, _sweep_override_dirname())
-            from train import trainer
-
-            module, class_name = task.split(":")
-            return trainer.run(checked, getattr(importlib.import_module(module), class_name), identity)
-
-        exit_after(name, start)
-
-    return main
-
-
-def _sweep_override_dirname() -> str | None:
-    """In a Hydra multirun, this job's values of the swept keys (e.g. `optim.lr=0.001`); else None."""
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    parser = OverridesParser.create()
-    given = parser.parse_overrides([arg for arg in sys.argv[1:] if not arg.startswith("-")])
-    swept = {override.key_or_group for override in given if override.is_sweep_override()}
-    job = parser.parse_overrides(list(hydra_cfg.overrides.task))
-    return ",".join(f"{o.key_or_group}={o.value()}".replace("/", "_") for o in job if o.key_or_group in swept)
-
-
-def exit_after(command: str, run: Callable[[], int]) -> None:
-    """The end of an entry point: a refusal is one `<command>: ...` line on stderr (from rank 0) and exit 2
-    (no traceback: the message already names the key or file and the fix); a nonzero result is the exit code."""
-    try:
-        code = run()
-    except Refusal as refusal:
-        if resolve_env(dict(os.environ)).rank == 0:
-            print(f"{command}: {refusal}", file=sys.stderr)
-        sys.exit(2)
-    if code:
-        sys.exit(code)
-
-
-def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | None) -> tuple[DictConfig, dict[str, Any]]:
+def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | None) -> tuple[Any, dict[str, Any]]:
     """The typed settings and this run's identity, once every check before training has passed."""
-    cfg = typed(cfg, SCHEMAS[config_name])
-    run_dirs.sweep_job_run_dir(cfg, sweep_override_dirname)
-    request = run_dirs.resume_request(cfg)
-    if cfg.train.time_budget_s is not None and cfg.train.time_budget_s <= 0:
-        raise Refusal(f"train.time_budget_s={cfg.train.time_budget_s} must be a positive number of seconds (or null)")
-    identity = pretrain_checks(cfg) if config_name == "pretrain" else finetune_checks(cfg)
-    launch = resolve_env(dict(os.environ))
-    grad_accum_steps(cfg.train.global_batch_size, cfg.train.micro_batch_size, launch.world_size)
-    rank = launch.rank
-    run_dirs.claim(cfg, rank)
-    if request == "never":
-        run_dirs.fresh_start(cfg, rank)
+    settings = typed(cfg, SCHEMAS[config_name])
+    settings.run_dir = run_folder.sweep_job_run_dir(settings.run_dir, sweep_override_dirname)
+    loop, run_dir = settings.train, Path(settings.run_dir)
+    request = resume_request(loop.resume)
+    if loop.time_budget_s is not None and loop.time_budget_s <= 0:
+        raise Refusal(f"train.time_budget_s={loop.time_budget_s} must be a positive number of seconds (or null)")
+    if isinstance(settings, PretrainSettings):
+        identity = pretrain_checks(settings.data, loop, settings.model, settings.vocab_size, settings.init)
     else:
-        own = run_dirs.newest_state(Path(cfg.run_dir))
-        given = run_dirs.readable_state(request) if own is None and isinstance(request, Path) else None
+        finetune_checks(settings.init, settings.task)
+        identity = finetune_identity(settings.init, settings.task, settings.train, settings.seed)
+    launch = resolve_env(dict(os.environ))
+    loop.grad_accum_steps(launch.world_size)
+    run_folder.claim(run_dir, launch.rank)
+    if request == "never":
+        run_folder.fresh_start(run_dir, loop.overwrite, launch.rank)
+    else:
+        own = newest_state(run_dir)
+        given = readable_state(request) if own is None and isinstance(request, Path) else None
         found = own or ((request, given) if given is not None else None)
         if found is not None:
-            check_same_run(found[1].get("identity"), identity, list(cfg.train.accept_changes), found[0])
-    return cfg, identity
+            check_same_run(found[1].get("identity"), identity, list(loop.accept_changes), found[0])
+    return settings, identity
 
 
-def grad_accum_steps(global_batch: int, micro_batch: int, world_size: int) -> int:
-    """global_batch = micro_batch x grad_accum x world_size, or a one-line refusal."""
-    per_step = micro_batch * world_size
-    if global_batch < 1 or micro_batch < 1:
-        raise Refusal(f"train.global_batch_size={global_batch} and train.micro_batch_size={micro_batch} must be >= 1")
-    if global_batch % per_step:
-        raise Refusal(
-            f"train.global_batch_size={global_batch} is not a multiple of train.micro_batch_size={micro_batch} x "
-            f"{world_size} ranks = {per_step}; pick a global batch that is, or another micro batch"
-        )
-    return global_batch // per_step
-
-
-def pretrain_checks(cfg: DictConfig) -> dict[str, Any]:
-    """Validate the data against tokenizer and settings; returns the run's identity."""
-    tokenizer_dir = Path(cfg.data.tokenizer_dir)
+def pretrain_checks(data: DataSettings, loop: PretrainLoopSettings, model: Any, vocab_size: int | None,
+                    init: str | None) -> dict[str, Any]:
+    """Validate the data against tokenizer and settings (`model`: the ModelSettings, `vocab_size` the
+    setting of that name); returns the run's identity."""
+    tokenizer_dir = Path(data.tokenizer_dir)
     try:
         tokenizer_hash = tokenizer_identity(tokenizer_dir)
     except Refusal:
         raise Refusal(f"no tokenizer in {tokenizer_dir}; make it with `python -m curation.train_tokenizer` "
                       "(tokenizer=gpt2 installs GPT-2's)") from None
-    spec = read_mixture_spec(Path(cfg.data.mix_dir))
+    spec = read_mixture_spec(Path(data.mix_dir))
     mix_tokenizer_hash = spec.get("tokenizer_sha256")
     if mix_tokenizer_hash != tokenizer_hash:
         raise Refusal(
-            f"{cfg.data.mix_dir}/mixture.json was built with tokenizer {str(mix_tokenizer_hash)[:12]}, but "
+            f"{data.mix_dir}/mixture.json was built with tokenizer {str(mix_tokenizer_hash)[:12]}, but "
             f"{tokenizer_dir} is {tokenizer_hash[:12]}; re-run `python -m curation.tokenize` and "
             "`python -m curation.mix` with this tokenizer")
     plan_seq_len, data_vocab = int(spec["seq_len"]), int(spec["vocab_size"])
-    if cfg.train.seq_len != plan_seq_len:
-        raise Refusal(f"train.seq_len={cfg.train.seq_len} but the plan in {cfg.data.mix_dir} has windows of "
+    if loop.seq_len != plan_seq_len:
+        raise Refusal(f"train.seq_len={loop.seq_len} but the plan in {data.mix_dir} has windows of "
                       f"seq_len={plan_seq_len}; set train.seq_len={plan_seq_len} or rebuild the mix with "
-                      f"mix_plan.seq_len={cfg.train.seq_len}")
-    if cfg.train.seq_len > cfg.model.block_size:
-        raise Refusal(f"train.seq_len={cfg.train.seq_len} is longer than the model's context "
-                      f"model.block_size={cfg.model.block_size}; lower the one or raise the other")
-    if cfg.vocab_size is not None and cfg.vocab_size < data_vocab:
-        raise Refusal(f"vocab_size={cfg.vocab_size} is smaller than the tokenizer's vocabulary "
+                      f"mix_plan.seq_len={loop.seq_len}")
+    if loop.seq_len > model.block_size:
+        raise Refusal(f"train.seq_len={loop.seq_len} is longer than the model's context "
+                      f"model.block_size={model.block_size}; lower the one or raise the other")
+    if vocab_size is not None and vocab_size < data_vocab:
+        raise Refusal(f"vocab_size={vocab_size} is smaller than the tokenizer's vocabulary "
                       f"({data_vocab}, {tokenizer_dir}); raise it or set vocab_size=null to follow "
                       "the tokenizer")
-    model_config = model_config_for(cfg, data_vocab)  # the shape itself (e.g. n_embd divisible by n_head)
-    hashes = {"tokenizer_sha256": tokenizer_hash, "mixture_sha256": sha256_file(Path(cfg.data.mix_dir) / MIXTURE_SPEC)}
-    init = init_checks(cfg.init, model_config, tokenizer_hash, tokenizer_dir) if cfg.init else None
-    return pretrain_identity(cfg, model_config.vocab_size, hashes, init)
+    model_config = model_config_for(model, vocab_size, data_vocab)  # the shape itself (e.g. n_embd divisible by n_head)
+    hashes = {"tokenizer_sha256": tokenizer_hash, "mixture_sha256": sha256_file(Path(data.mix_dir) / MIXTURE_SPEC)}
+    init_dir = init_checks(init, model_config, tokenizer_hash, tokenizer_dir) if init else None
+    return pretrain_identity(model, loop, model_config.vocab_size, hashes, init_dir)
 
 
 # What the weights of `init` must share with the run's model: their shapes, and the LayerNorm epsilon
@@ -178,25 +135,24 @@ def init_checks(init: str, model_config: GPTConfig, tokenizer_hash: str, tokeniz
     return str(directory.resolve())
 
 
-def finetune_checks(cfg: DictConfig) -> dict[str, Any]:
-    """The model to start from and the task's files exist; returns the run's identity. (What is inside
-    them is checked as they are read: train/finetune/task.py.)"""
-    if cfg.init is None:
+def finetune_checks(init: str | None, task: TaskSettings) -> None:
+    """The model to start from and the task's files exist. (What is inside them is checked as they are
+    read: train/finetune/task.py.)"""
+    if init is None:
         raise Refusal("init=PATH is required: the pretraining run dir, checkpoint dir or saved-model dir")
-    if not Path(cfg.init).exists():
-        raise Refusal(f"init={cfg.init} does not exist; give a pretraining run dir, checkpoint dir or saved-model dir")
-    for split in ("train", "validation"):
-        if not Path(cfg.task[split]).is_file():
-            raise Refusal(f"task.{split}={cfg.task[split]} does not exist; build the sets with "
+    if not Path(init).exists():
+        raise Refusal(f"init={init} does not exist; give a pretraining run dir, checkpoint dir or saved-model dir")
+    for split, path in (("train", task.train), ("validation", task.validation)):
+        if not Path(path).is_file():
+            raise Refusal(f"task.{split}={path} does not exist; build the sets with "
                           "`python -m train.build_task_sets` or point the task at your files")
-    return finetune_identity(cfg)
 
 
-def model_config_for(cfg: DictConfig, data_vocab_size: int) -> GPTConfig:
-    """The preset with the vocabulary of the tokenizer, or `vocab_size` when the user fixed one."""
-    values = OmegaConf.to_container(cfg.model, resolve=True)
-    assert isinstance(values, dict)
-    values["vocab_size"] = cfg.vocab_size if cfg.vocab_size is not None else data_vocab_size
+def model_config_for(model: Any, vocab_size: int | None, data_vocab_size: int) -> GPTConfig:
+    """The preset (`model`: the ModelSettings) with the vocabulary of the tokenizer, or `vocab_size` when
+    the user fixed one."""
+    values = dataclasses.asdict(model)
+    values["vocab_size"] = vocab_size if vocab_size is not None else data_vocab_size
     try:
         return GPTConfig.from_dict(values)
     except ValueError as invalid:

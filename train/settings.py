@@ -1,29 +1,37 @@
-"""The training commands' settings as typed schemas, checked the moment a command starts.
+"""The training commands' settings as typed dataclasses: declared once, checked the moment a command starts,
+and passed down in parts.
 
 Hydra composes the YAML of conf/ into an untyped tree: `train.max_steps=abc` or `optim.betas=0.9`
 would pass until the code reached them, after DeepSpeed and the data were set up, and `+train.foo=1`
-would be carried along unused. Merging the tree into these dataclasses (OmegaConf structured configs)
-converts every value to its declared type and rejects keys the schema does not declare, before
-anything heavy is imported; the first problem is refused in one line. The model group's schema is
-GPTConfig itself (model/config.py), so the fields a preset may set are declared in one place.
+would be carried along unused. `typed` merges the tree into these dataclasses (through OmegaConf's
+structured configs, which convert every value to its declared type and reject undeclared keys), checks
+each `Literal` choice, and returns the dataclass objects themselves: each building block then takes
+its own part (the optimizer's settings to the schedule, DeepSpeed's to the config builder) rather than
+the whole tree. The dataclasses are the one source of defaults; the YAML under conf/ documents them and
+sets what differs per preset. The model group's schema is GPTConfig itself (model/config.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from data_contract import Refusal
+from data_contract.refusal import Refusal
 from model.config import GPTConfig
 
 # OmegaConf reads these annotations at run time: no `X | None` here (Python 3.10 cannot evaluate it on
 # the dataclasses OmegaConf builds), so Optional[...] stays.
 # ruff: noqa: UP045
+
+
+Precision = Literal["auto", "bf16", "fp32"]
+Offload = Literal["none", "cpu"]
 
 
 def _model_settings() -> type:
@@ -60,16 +68,22 @@ class MixtureSettings:
 
 @dataclass
 class DeepSpeedSettings:
-    stage: int = 3
-    offload_optimizer: str = "none"
-    offload_param: str = "none"
+    """ZeRO's part of the DeepSpeed JSON (train/ds_config.py builds the rest from the loop's settings)."""
+
+    stage: Literal[0, 1, 2, 3] = 3
+    offload_optimizer: Offload = "none"
+    offload_param: Offload = "none"
     overlap_comm: bool = True
     contiguous_gradients: bool = True
     reduce_bucket_size: float = 5.0e7
     stage3_prefetch_bucket_size: float = 5.0e7
     stage3_param_persistence_threshold: float = 1.0e5
+    # false: torch's own linear (one fused matmul + bias), not DeepSpeed's replacement, which adds the bias
+    # in a second pass and re-gathers weights itself; ZeRO-3's module hooks gather them either way.
     memory_efficient_linear: bool = False
-    stage3_leaf_modules: list[str] = field(default_factory=list)
+    # Modules ZeRO-3 gathers whole (DeepSpeed's set_z3_leaf_modules): each GPT block is one fetch unit,
+    # not six (two LayerNorms, four linears), so a step makes 6x fewer all-gathers and hook calls.
+    stage3_leaf_modules: list[str] = field(default_factory=lambda: ["Block"])
 
 
 @dataclass
@@ -87,13 +101,27 @@ class LoopSettings:
     threads_per_rank: Optional[int] = None
     collective_timeout_s: float = 1800.0
     time_budget_s: Optional[float] = None
+    compile: bool = False
+
+    def grad_accum_steps(self, world_size: int) -> int:
+        """global_batch = micro_batch x grad_accum x world_size, or a one-line refusal."""
+        global_batch, micro_batch = self.global_batch_size, self.micro_batch_size
+        per_step = micro_batch * world_size
+        if global_batch < 1 or micro_batch < 1:
+            raise Refusal(f"train.global_batch_size={global_batch} and train.micro_batch_size={micro_batch} "
+                          "must be >= 1")
+        if global_batch % per_step:
+            raise Refusal(
+                f"train.global_batch_size={global_batch} is not a multiple of train.micro_batch_size={micro_batch} x "
+                f"{world_size} ranks = {per_step}; pick a global batch that is, or another micro batch"
+            )
+        return global_batch // per_step
 
 
 @dataclass
 class PretrainLoopSettings(LoopSettings):
     seq_len: int = MISSING
     tokens: Optional[float] = None
-    compile: bool = False
 
 
 @dataclass
@@ -113,11 +141,17 @@ class OptimSettings:
 
 @dataclass
 class ScheduleSettings:
-    kind: str = "cosine"
+    kind: Literal["cosine", "wsd"] = "cosine"
     warmup_steps: Optional[int] = None
     warmup_fraction: Optional[float] = None
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
+
+    def warmup(self, planned_steps: int) -> int:
+        """`warmup_steps`, or `warmup_fraction` of the steps the stage plans (GPT-1 gives a fraction)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return round((self.warmup_fraction or 0.0) * planned_steps)
 
 
 @dataclass
@@ -143,20 +177,26 @@ class DataSettings:
 
 
 @dataclass
-class PretrainEvalSettings:
-    every: int = MISSING
-    max_batches: int = MISSING
-    sample_every: int = 0
-    sample_prompt: str = ""
-    sample_tokens: int = 32
+class BenchmarkSettings:
+    """How multiple-choice benchmarks are scored, in the loop (`eval.`) and by train.evaluate."""
+
     tasks: list[str] = field(default_factory=list)
-    harness: str = "builtin"
+    harness: Literal["builtin", "lm_eval"] = "builtin"
     eos_before_context: bool = False
     shots: int = 0
     fewshot_seed: int = 1234
     fewshot_separator: str = "\n\n"
     fewshot_from: Optional[str] = None
     lm_eval_include: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PretrainEvalSettings(BenchmarkSettings):
+    every: int = MISSING
+    max_batches: int = MISSING
+    sample_every: int = 0
+    sample_prompt: str = ""
+    sample_tokens: int = 32
 
 
 @dataclass
@@ -174,26 +214,34 @@ class MetricsSettings:
 
 
 @dataclass
-class PretrainSettings:
+class TrainingSettings:
+    """What the trainer (train/trainer.py) reads, whichever stage it runs."""
+
     paths: PathSettings = field(default_factory=PathSettings)
-    model: Any = field(default_factory=ModelSettings)
-    mixture: MixtureSettings = field(default_factory=MixtureSettings)
     deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
     run_name: str = MISSING
     run_dir: str = MISSING
     init: Optional[str] = None
     seed: int = 1234
+    train: LoopSettings = field(default_factory=LoopSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    precision: Precision = "auto"
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
+    spike_guard: Optional[SpikeGuardSettings] = None  # pretraining only
+    wandb: WandbSettings = field(default_factory=WandbSettings)
+
+
+@dataclass
+class PretrainSettings(TrainingSettings):
+    model: ModelSettings = field(default_factory=ModelSettings)  # type: ignore[valid-type]
+    mixture: MixtureSettings = field(default_factory=MixtureSettings)
     vocab_size: Optional[int] = None
     data: DataSettings = field(default_factory=DataSettings)
     train: PretrainLoopSettings = field(default_factory=PretrainLoopSettings)
-    optim: OptimSettings = field(default_factory=OptimSettings)
-    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
-    precision: str = "auto"
     eval: PretrainEvalSettings = field(default_factory=PretrainEvalSettings)
-    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
-    spike_guard: SpikeGuardSettings = field(default_factory=SpikeGuardSettings)
+    spike_guard: Optional[SpikeGuardSettings] = field(default_factory=SpikeGuardSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
-    wandb: WandbSettings = field(default_factory=WandbSettings)
 
 
 @dataclass
@@ -215,43 +263,29 @@ class FinetuneEvalSettings:
 
 
 @dataclass
-class FinetuneSettings:
-    paths: PathSettings = field(default_factory=PathSettings)
+class FinetuneSettings(TrainingSettings):
     task: TaskSettings = field(default_factory=TaskSettings)
-    deepspeed: DeepSpeedSettings = field(default_factory=DeepSpeedSettings)
-    init: Optional[str] = None
-    run_name: str = MISSING
-    run_dir: str = MISSING
-    seed: int = 1234
     lm_weight: float = 0.5
     head_dropout: float = 0.1
     train: FinetuneLoopSettings = field(default_factory=FinetuneLoopSettings)
-    optim: OptimSettings = field(default_factory=OptimSettings)
-    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
-    precision: str = "auto"
     eval: FinetuneEvalSettings = field(default_factory=FinetuneEvalSettings)
-    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
-    wandb: WandbSettings = field(default_factory=WandbSettings)
 
 
 SCHEMAS: dict[str, type] = {"pretrain": PretrainSettings, "finetune": FinetuneSettings}
-# Settings that take one of a few values (of those a schema has).
-CHOICES: dict[str, tuple[Any, ...]] = {
-    "precision": ("auto", "bf16", "fp32"), "schedule.kind": ("cosine", "wsd"), "deepspeed.stage": (0, 1, 2, 3),
-    "deepspeed.offload_optimizer": ("none", "cpu"), "deepspeed.offload_param": ("none", "cpu"),
-    "eval.harness": ("builtin", "lm_eval"),
-}
+Settings = typing.TypeVar("Settings")
 
 
-def typed(cfg: DictConfig, schema: type) -> DictConfig:
-    """`cfg` merged into `schema`: every value converted to its declared type, no undeclared key; or a refusal."""
+def typed(cfg: DictConfig, schema: type[Settings]) -> Settings:
+    """`cfg` as the dataclass `schema`: every value converted to its declared type, no undeclared key, every
+    choice one of its `Literal`'s values; or a one-line refusal."""
+    twin = _omegaconf_twin(schema)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)  # interpolated values typed too
+        merged = OmegaConf.merge(OmegaConf.structured(twin), cfg)
+        values = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
     except ConfigKeyError as error:
         key = error.full_key or str(error.key)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        node = OmegaConf.select(OmegaConf.structured(schema), parent) if parent else OmegaConf.structured(schema)
+        node = OmegaConf.select(OmegaConf.structured(twin), parent) if parent else OmegaConf.structured(twin)
         known = ", ".join(node.keys()) if isinstance(node, DictConfig) else ""
         raise Refusal(f"{key} is not a setting{f' (known under {parent}: {known})' if parent else ''}; "
                       "check the spelling or remove it") from None
@@ -262,9 +296,57 @@ def typed(cfg: DictConfig, schema: type) -> DictConfig:
         raise Refusal(f"{error.full_key}={error.value!r}: {reason}") from None
     except OmegaConfBaseException as error:
         raise Refusal(f"{error.full_key or 'settings'}: {str(error.msg).splitlines()[0]}") from None
-    assert isinstance(merged, DictConfig)
-    for key, allowed in CHOICES.items():
-        value = OmegaConf.select(merged, key, default=None)
-        if value is not None and value not in allowed:
-            raise Refusal(f"{key}={value!r} is not one of {', '.join(map(str, allowed))}")
-    return merged
+    return _build(schema, values, "")
+
+
+def _omegaconf_type(hint: Any) -> Any:
+    """`hint` as OmegaConf 2.3 can check it: a Literal becomes the type of its values (checked by `_build`)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return type(args[0])
+    if origin is Union:
+        return Optional[_omegaconf_type(next(a for a in args if a is not type(None)))]
+    if origin is list:
+        return list[_omegaconf_type(args[0])]
+    if origin is dict:
+        return dict[args[0], _omegaconf_type(args[1])]  # type: ignore[valid-type]
+    return _omegaconf_twin(hint) if dataclasses.is_dataclass(hint) else hint
+
+
+@functools.cache
+def _omegaconf_twin(schema: type) -> type:
+    """A copy of the dataclass `schema` with OmegaConf-readable annotations and the same defaults."""
+    hints = typing.get_type_hints(schema)
+    fields = []
+    for spec in dataclasses.fields(schema):
+        hint = _omegaconf_type(hints[spec.name])
+        if spec.default_factory is not dataclasses.MISSING:
+            factory = spec.default_factory
+            default = field(default_factory=_omegaconf_twin(factory) if dataclasses.is_dataclass(factory) else factory)
+        else:
+            default = field(default=spec.default)
+        fields.append((spec.name, hint, default))
+    return dataclasses.make_dataclass(f"{schema.__name__}Schema", fields)
+
+
+def _build(hint: Any, value: Any, key: str) -> Any:
+    """The typed object of `hint` from the merged plain `value`; a Literal's value outside its choices is
+    refused naming `key`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None or hint is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise Refusal(f"{key}={value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is Union:
+        return _build(next(a for a in args if a is not type(None)), value, key)
+    if origin is list:
+        return [_build(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        return {name: _build(args[1], item, f"{key}.{name}") for name, item in value.items()}
+    if dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        return hint(**{spec.name: _build(hints[spec.name], value[spec.name], f"{key}.{spec.name}".lstrip("."))
+                       for spec in dataclasses.fields(hint) if spec.name in value})
+    return value

@@ -22,16 +22,11 @@ PROBE_STEPS = 4
 class TimeBudget:
     """Decides, once, the last step that fits the budget."""
 
-    def __init__(self, budget_s: float | None, recorded_total: int | None) -> None:
+    def __init__(self, budget_s: float | None) -> None:
         self.budget_s = budget_s
-        self.total_steps = recorded_total  # decided (now or by an earlier job of the run), or None
+        self.total_steps: int | None = None  # decided (now or by an earlier job of the run), or None
         self.step_times: list[float] = []
         self.spent_s = 0.0
-
-    @classmethod
-    def from_state(cls, budget_s: float | None, state: dict[str, Any] | None) -> TimeBudget:
-        recorded = (state or {}).get("time_budget") or {}
-        return cls(budget_s, recorded.get("total_steps") if recorded.get("budget_s") == budget_s else None)
 
     @property
     def active(self) -> bool:
@@ -59,3 +54,8 @@ class TimeBudget:
         if self.total_steps is None:
             return None
         return {"budget_s": self.budget_s, "total_steps": self.total_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """An earlier job's decision holds when it was taken for the same budget."""
+        if state.get("budget_s") == self.budget_s:
+            self.total_steps = state.get("total_steps")

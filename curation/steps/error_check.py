@@ -1,7 +1,7 @@
 """A one-task stage after filtering: a source that lost every document to errors stops the run.
 
 A step that fails on every document (a broken install, a model file that does not load, a machine
-too slow for the extraction timeout) removes them all under an error reason; the books then show a
+too slow for the extraction timeout) removes them all under an error reason; the counts then show a
 0% funnel and every later stage works on nothing. That is a broken run, not a result, so it stops
 here with one line instead of going on to dedup, the classifier and training data.
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
-from curation.steps.bookkeeping import IN_DOCS, OUT_DOCS, REMOVED_DOCS, task_stats
+from curation.steps.accounting import IN_DOCS, OUT_DOCS, REMOVED_DOCS, task_stats
 from curation.steps.extraction import CRASHED, ERROR, TIMEOUT
-from data_contract import DataLayout, Refusal
+from data_contract.layout import DataLayout
+from data_contract.refusal import Refusal
 
 ERROR_REASONS = (TIMEOUT, CRASHED, ERROR)
 

@@ -13,9 +13,9 @@ from typing import Any
 from datatrove.data import Document
 
 from curation.sources import Source
-from curation.steps.extraction import BookedTrafilatura
+from curation.steps.extraction import AccountedTrafilatura
 from curation.steps.registry import STEPS
-from data_contract import Refusal
+from data_contract.refusal import Refusal
 
 PROBE_TEXT = (
     "The town council met on Tuesday evening to discuss the new library. Most members agreed that the old "
@@ -35,7 +35,7 @@ def _probe(name: str, params: dict[str, Any]) -> None:
     if name == "language" and not Path(params["model_path"]).is_file():
         raise FileNotFoundError(f"no language-ID model at {params['model_path']}")
     step = STEPS[name](None, **params)
-    if isinstance(step, BookedTrafilatura):
+    if isinstance(step, AccountedTrafilatura):
         # what the extraction worker calls, here in this process: a worker that cannot import trafilatura
         # never reports ready, so through the sandbox the error would only show as a timeout
         if not step.extract(PROBE_HTML):

@@ -23,7 +23,9 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 from scipy.special import expit
 
 from curation.steps.readers import StageReader
-from data_contract import MANIFEST, DataLayout, sha256_file, write_atomic, write_manifest
+from data_contract.atomic_files import sha256_file, write_atomic
+from data_contract.layout import DataLayout
+from data_contract.manifest import MANIFEST, write_manifest
 
 MODEL_FILE = "classifier.npz"  # plain arrays (np.load without pickle): a data file cannot run code
 

@@ -1,8 +1,8 @@
-"""Readers that survive bad input: every record is booked as kept or skipped under a reason.
+"""Readers that survive bad input: every record is counted as kept or removed under a reason.
 
 datatrove's readers drop undecodable or empty records silently and let a truncated archive end
 the task. A curation run over millions of crawl files must go on instead, keep the valid
-documents of a damaged file, and say how much it skipped and why (see `curation.steps.bookkeeping`).
+documents of a damaged file, and say how much it removed and why (see `curation.steps.accounting`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datatrove.pipeline.readers import HuggingFaceDatasetReader, JsonlReader, Pa
 from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.utils.logging import logger
 
-from curation.steps.bookkeeping import (
+from curation.steps.accounting import (
     ERRORS,
     IN_CHARS,
     IN_DOCS,
@@ -37,7 +37,7 @@ class NotAWarc(Exception):
     """A file given as WARC whose first record cannot be parsed: not a damaged WARC, not a WARC at all."""
 
 
-class Skipped(NamedTuple):
+class Removed(NamedTuple):
     """A record that is not a usable document, with the reason and its size (characters, or bytes if undecodable)."""
 
     reason: str
@@ -61,15 +61,15 @@ def error_reason(error: Exception) -> str:
     return f"unreadable_{type(error).__name__}"
 
 
-class GuardedReader(BaseDiskReader):
-    """Books every record; an error inside a file is counted and ends only that file.
+class AccountedReader(BaseDiskReader):
+    """Counts every record; an error inside a file is counted and ends only that file.
 
-    Subclasses implement `read_records`, yielding Documents or `Skipped` markers.
+    Subclasses implement `read_records`, yielding Documents or `Removed` markers (counted under their reason).
     """
 
     max_doc_chars: int = 10_000_000
 
-    def read_records(self, filepath: str) -> Iterator[Document | Skipped]:
+    def read_records(self, filepath: str) -> Iterator[Document | Removed]:
         raise NotImplementedError
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
@@ -77,15 +77,15 @@ class GuardedReader(BaseDiskReader):
         try:
             for records, record in enumerate(self.read_records(filepath), start=1):  # noqa: B007
                 if isinstance(record, Document) and len(record.text) > self.max_doc_chars:
-                    record = Skipped("too_large", len(record.text))
-                if isinstance(record, Skipped):
+                    record = Removed("too_large", len(record.text))
+                if isinstance(record, Removed):
                     self.stat_update(IN_DOCS)
                     self.stat_update(IN_CHARS, value=record.chars)
                     count_removed(self, record.reason, record.chars)
                     continue
                 chars = len(record.text)
                 yield record
-                # booked once taken (a reader `limit` closes this generator at the yield), with the
+                # counted once taken (a reader `limit` closes this generator at the yield), with the
                 # size it had here: later steps may already have rewritten the text
                 self.stat_update(IN_DOCS, OUT_DOCS)
                 self.stat_update(IN_CHARS, OUT_CHARS, value=chars)
@@ -94,19 +94,19 @@ class GuardedReader(BaseDiskReader):
             self.stat_update(ERRORS + reason)
             logger.warning(f"{filepath}: {reason} ({error}); kept the documents read before it, next file")
             return
-        if not records:  # a file with nothing in it is booked, as an empty text file is
+        if not records:  # a file with nothing in it is counted, as an empty text file is
             self.stat_update(IN_DOCS)
             count_removed(self, "empty", 0)
 
-    def document(self, data: dict, filepath: str, index: int | str) -> Document | Skipped:
-        """datatrove's dict-to-Document adaptation; a record without usable text is booked under why."""
+    def document(self, data: dict, filepath: str, index: int | str) -> Document | Removed:
+        """datatrove's dict-to-Document adaptation; a record without usable text is counted under why."""
         text = data.get(self.text_key)
         if text is None:
-            return Skipped("no_text", 0)
+            return Removed("no_text", 0)
         if not isinstance(text, str):  # a number, list or object where the text should be
-            return Skipped("text_not_a_string", len(json.dumps(text, default=str)))
+            return Removed("text_not_a_string", len(json.dumps(text, default=str)))
         document = self.get_document_from_dict(data, filepath, index)
-        return document if document else Skipped("empty", 0)
+        return document if document else Removed("empty", 0)
 
 
 def decode_text(payload: bytes, declared_charset: str | None = None) -> str | None:
@@ -122,10 +122,10 @@ def decode_text(payload: bytes, declared_charset: str | None = None) -> str | No
     return None
 
 
-class GuardedWarcReader(GuardedReader, WarcReader):
+class AccountedWarcReader(AccountedReader, WarcReader):
     """WARC/WET records -> documents with `url` and the crawl `date` in metadata."""
 
-    def read_records(self, filepath: str) -> Iterator[Document | Skipped]:
+    def read_records(self, filepath: str) -> Iterator[Document | Removed]:
         """warcio reads gzip itself (member by member), so the records before a damaged member survive."""
         from warcio.archiveiterator import ArchiveIterator
 
@@ -163,29 +163,29 @@ class GuardedWarcReader(GuardedReader, WarcReader):
                         member = zlib.decompressobj(31)
             return not in_member
 
-    def _from_record(self, record, filepath: str, index: int) -> Document | Skipped:
+    def _from_record(self, record, filepath: str, index: int) -> Document | Removed:
         if record.rec_type not in ("response", "conversion"):  # WET text comes as "conversion"
-            return Skipped(f"not_a_response_{record.rec_type}", 0)
+            return Removed(f"not_a_response_{record.rec_type}", 0)
         payload = record.content_stream().read()
         if getattr(record.raw_stream, "limit", 0) > 0:  # the file ended before the record's Content-Length
-            return Skipped("truncated_record", len(payload))
+            return Removed("truncated_record", len(payload))
         if not payload.strip():
-            return Skipped("empty", 0)
+            return Removed("empty", 0)
         if len(payload) > self.max_doc_chars:
-            return Skipped("too_large", len(payload))
+            return Removed("too_large", len(payload))
         content_type = record.rec_headers.get_header("WARC-Identified-Payload-Type") or (
             record.http_headers.get_header("Content-Type", "") if record.http_headers else ""
         )
         mime, _, params = content_type.partition(";")
         mime = mime.strip().lower()
         if record.rec_type == "response" and mime and mime not in HTML_TYPES:
-            return Skipped("not_html", len(payload))
+            return Removed("not_html", len(payload))
         if b"\x00" in payload[:SNIFF_BYTES]:
-            return Skipped("binary", len(payload))
+            return Removed("binary", len(payload))
         charset = params.partition("charset=")[2].strip().strip("\"'") or None
         text = decode_text(payload, charset)
         if text is None:
-            return Skipped("invalid_encoding", len(payload))
+            return Removed("invalid_encoding", len(payload))
         headers = record.rec_headers
         return self.document(
             {"text": text, "id": headers.get_header("WARC-Record-ID"),
@@ -194,34 +194,34 @@ class GuardedWarcReader(GuardedReader, WarcReader):
         )
 
 
-class TextFilesReader(GuardedReader):
+class TextFilesReader(AccountedReader):
     """Plain text files, one document per file: UTF-8 (BOM dropped), line ends normalized to \\n."""
 
     name = "📄 Text files"
 
-    def read_records(self, filepath: str) -> Iterator[Document | Skipped]:
+    def read_records(self, filepath: str) -> Iterator[Document | Removed]:
         with self.data_folder.open(filepath, "rb") as f:
             payload = f.read(self.max_doc_chars * 4 + 1)  # UTF-8 needs at most 4 bytes per character
         if not payload.strip():
-            yield Skipped("empty", 0)
+            yield Removed("empty", 0)
         elif b"\x00" in payload[:SNIFF_BYTES]:
-            yield Skipped("binary", len(payload))
+            yield Removed("binary", len(payload))
         elif len(payload) > self.max_doc_chars * 4:
-            yield Skipped("too_large", len(payload))
+            yield Removed("too_large", len(payload))
         else:
             try:
                 text = payload.decode("utf-8-sig")
             except UnicodeDecodeError:
-                yield Skipped("invalid_utf8", len(payload))
+                yield Removed("invalid_utf8", len(payload))
                 return
             text = text.replace("\r\n", "\n").replace("\r", "\n")
             yield self.document({"text": text, "id": filepath}, filepath, 0)
 
 
-class GuardedJsonlReader(GuardedReader, JsonlReader):
-    """JSON lines; a line that is not UTF-8 or not JSON is booked and skipped, the rest of the file read."""
+class AccountedJsonlReader(AccountedReader, JsonlReader):
+    """JSON lines; a line that is not UTF-8 or not JSON is counted as removed, the rest of the file read."""
 
-    def read_records(self, filepath: str) -> Iterator[Document | Skipped]:
+    def read_records(self, filepath: str) -> Iterator[Document | Removed]:
         import orjson
 
         with self.data_folder.open(filepath, "rb", compression=self.compression) as f:
@@ -234,14 +234,14 @@ class GuardedJsonlReader(GuardedReader, JsonlReader):
                     try:
                         line.decode("utf-8")
                     except UnicodeDecodeError:
-                        yield Skipped("invalid_utf8", len(line))
+                        yield Removed("invalid_utf8", len(line))
                         continue
-                    yield Skipped("invalid_json", len(line))
+                    yield Removed("invalid_json", len(line))
                     continue
-                yield self.document(data, filepath, index) if isinstance(data, dict) else Skipped("not_an_object", len(line))
+                yield self.document(data, filepath, index) if isinstance(data, dict) else Removed("not_an_object", len(line))
 
 
-class JsonRecordsReader(GuardedReader):
+class JsonRecordsReader(AccountedReader):
     """One JSON document holding records: a list of objects, or an object whose values are objects.
 
     For an object, a record without `id_key` takes its key as id (e.g. Wikipedia titles).
@@ -249,23 +249,23 @@ class JsonRecordsReader(GuardedReader):
 
     name = "🗂 JSON records"
 
-    def read_records(self, filepath: str) -> Iterator[Document | Skipped]:
+    def read_records(self, filepath: str) -> Iterator[Document | Removed]:
         with self.data_folder.open(filepath, "rb") as f:
             data = json.loads(f.read())
         items = data.items() if isinstance(data, dict) else enumerate(data)
         for key, record in items:
             if not isinstance(record, dict):
-                yield Skipped("not_an_object", len(str(record)))
+                yield Removed("not_an_object", len(str(record)))
                 continue
             record = dict(record)
             record.setdefault(self.id_key, str(key))
             yield self.document(record, filepath, key)
 
 
-class GuardedParquetReader(GuardedReader, ParquetReader):
-    """Parquet rows in batches, as datatrove reads them; a row without text is booked, a corrupt file skipped."""
+class AccountedParquetReader(AccountedReader, ParquetReader):
+    """Parquet rows in batches, as datatrove reads them; a row without text is counted as removed."""
 
-    def read_records(self, filepath: str) -> Iterator[Document | Skipped]:
+    def read_records(self, filepath: str) -> Iterator[Document | Removed]:
         import pyarrow.parquet as pq
 
         with self.data_folder.open(filepath, "rb") as f, pq.ParquetFile(f) as parquet:
@@ -277,8 +277,8 @@ class GuardedParquetReader(GuardedReader, ParquetReader):
                     index += 1
 
 
-class BookedHFReader(HuggingFaceDatasetReader):
-    """datatrove's `datasets` reader (a dataset saved with `save_to_disk`), with its documents booked."""
+class AccountedHFReader(HuggingFaceDatasetReader):
+    """datatrove's `datasets` reader (a dataset saved with `save_to_disk`), with its documents counted."""
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for doc in super().run(data, rank, world_size):
@@ -288,23 +288,23 @@ class BookedHFReader(HuggingFaceDatasetReader):
             yield doc
 
 
-DISK_READERS: dict[str, type[GuardedReader]] = {
-    "warc": GuardedWarcReader,
-    "wet": GuardedWarcReader,
-    "jsonl": GuardedJsonlReader,
-    "parquet": GuardedParquetReader,
+DISK_READERS: dict[str, type[AccountedReader]] = {
+    "warc": AccountedWarcReader,
+    "wet": AccountedWarcReader,
+    "jsonl": AccountedJsonlReader,
+    "parquet": AccountedParquetReader,
     "text": TextFilesReader,
     "json": JsonRecordsReader,
 }
 FORMATS = (*DISK_READERS, "hf")
 
 
-def make_reader(fmt: str, data_folder: str, paths_file: str | None, options: dict) -> BaseDiskReader | BookedHFReader:
+def make_reader(fmt: str, data_folder: str, paths_file: str | None, options: dict) -> BaseDiskReader | AccountedHFReader:
     """The reader of a source `format`; `options` are the source's `reader:` settings."""
     options = dict(options)
-    max_doc_chars = options.pop("max_doc_chars", GuardedReader.max_doc_chars)
+    max_doc_chars = options.pop("max_doc_chars", AccountedReader.max_doc_chars)
     if fmt == "hf":
-        reader = BookedHFReader(data_folder, load_from_disk=True, **options)
+        reader = AccountedHFReader(data_folder, load_from_disk=True, **options)
     else:
         reader = DISK_READERS[fmt](data_folder, paths_file=paths_file, **options)
         reader.max_doc_chars = max_doc_chars

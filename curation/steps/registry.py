@@ -1,6 +1,6 @@
 """The steps a source can list under `steps:` in its yaml, by name, built from their settings.
 
-Each step is wrapped in a LedgerStep (its removals booked, kept under
+Each step is wrapped in an AccountedStep (its removals counted under their reason, kept under
 `removed/<source>/<step>/`). The filters are datatrove's own; only the offline variants
 and the Gutenberg stripper come from this package.
 """
@@ -20,8 +20,8 @@ from datatrove.pipeline.filters import (
 from datatrove.pipeline.formatters import PIIFormatter
 from datatrove.pipeline.writers import JsonlWriter
 
-from curation.steps.bookkeeping import LedgerStep
-from curation.steps.extraction import BookedTrafilatura
+from curation.steps.accounting import AccountedStep
+from curation.steps.extraction import AccountedTrafilatura
 from curation.steps.gutenberg import GutenbergStripper
 from curation.steps.offline_filters import OfflineLanguageFilter, OfflineURLFilter
 
@@ -40,7 +40,7 @@ def _without_writer(cls: type[PipelineStep]) -> Callable[..., PipelineStep]:
 
 
 STEPS: dict[str, Callable[..., PipelineStep]] = {
-    "extract": _without_writer(BookedTrafilatura),
+    "extract": _without_writer(AccountedTrafilatura),
     "url_filter": _with_writer(OfflineURLFilter),
     "language": _language,
     "gopher_repetition": _with_writer(GopherRepetitionFilter),
@@ -52,11 +52,6 @@ STEPS: dict[str, Callable[..., PipelineStep]] = {
 }
 
 
-def removed_writer(removed_root: str, step: str) -> JsonlWriter:
-    return JsonlWriter(f"{removed_root}/{step}", output_filename="${rank}.jsonl.gz")
-
-
-def build_step(name: str, params: dict[str, Any], removed_root: str) -> LedgerStep:
-    """Step `name` with `params`; what it removes goes to `removed_root/<name>/`."""
-    writer = removed_writer(removed_root, name)
-    return LedgerStep(name, STEPS[name](writer, **params), removed_writer=writer)
+def build_step(name: str, params: dict[str, Any], removed: JsonlWriter) -> AccountedStep:
+    """Step `name` with `params`; what it removes goes to `removed` (see `accounting.removed_writer`)."""
+    return AccountedStep(name, STEPS[name](removed, **params), removed_writer=removed)

@@ -21,16 +21,17 @@ named by their 1-based position.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from data_contract import Refusal
+from data_contract.refusal import Refusal
 
 IGNORE = -100
 KINDS = ("classification", "entailment", "similarity", "multiple_choice", "instruction")
@@ -102,30 +103,33 @@ class TaskSpec:
 
     @classmethod
     def from_cfg(cls, task: Any) -> TaskSpec:
-        kind = task.type
+        """The task's settings (TaskSettings, or a mapping such as a task's YAML) as a checked spec."""
+        settings = dict(task) if isinstance(task, Mapping) else dataclasses.asdict(task)
+        name, kind = settings.get("name"), settings.get("type")
         if kind not in KINDS:
             raise Refusal(f"task.type={kind!r} is not one of {', '.join(KINDS)}")
         fields = {}
         for role in ROLES[kind]:
-            names = task.fields.get(role) if task.get("fields") else None
+            names = settings["fields"].get(role) if settings.get("fields") else None
             if names is None and role in OPTIONAL_ROLES.get(kind, ()):
                 names = []
             if names is None:
                 raise Refusal(f"task.fields.{role} is missing: name the record field that holds the {role} "
-                                f"of a {kind} example (task {task.name})")
+                                f"of a {kind} example (task {name})")
             fields[role] = [names] if isinstance(names, str) else list(names)
-        labels = [str(label) for label in task.labels] if task.get("labels") else None
+        labels = [str(label) for label in settings["labels"]] if settings.get("labels") else None
         if kind in ("classification", "entailment") and not labels:
-            raise Refusal(f"task.labels is missing for {kind} task {task.name}: list the label values, "
+            raise Refusal(f"task.labels is missing for {kind} task {name}: list the label values, "
                             "e.g. labels: [entailment, neutral, contradiction]")
-        template, template_no_input = task.get("prompt_template") or "", task.get("prompt_template_no_input") or ""
+        template = settings.get("prompt_template") or ""
+        template_no_input = settings.get("prompt_template_no_input") or ""
         if kind == "instruction":
             if bool(template) != bool(template_no_input):
                 unset = "prompt_template_no_input" if template else "prompt_template"
-                raise Refusal(f"task.{unset} is missing for instruction task {task.name}: set both templates, "
+                raise Refusal(f"task.{unset} is missing for instruction task {name}: set both templates, "
                               "or neither for Alpaca's")
             template, template_no_input = template or ALPACA_PROMPT, template_no_input or ALPACA_PROMPT_NO_INPUT
-        return cls(task.name, kind, fields, labels, template, template_no_input)
+        return cls(name, kind, fields, labels, template, template_no_input)
 
     @property
     def needs_special_tokens(self) -> bool:

@@ -1,4 +1,4 @@
-"""Fine-tuning, as the trainer's task: a pretrained GPT with GPT-1's special tokens and a linear head.
+"""Fine-tuning, as a stage of the trainer: a pretrained GPT with GPT-1's special tokens and a linear head.
 
 The pretrained GPT (`init`: run, checkpoint or saved-model dir) gets GPT-1's start, delimiter and
 extract tokens (model.resize), a linear head (train/finetune/heads.py) and the task's input layout
@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from data_contract import Refusal
+from data_contract.refusal import Refusal
 from model.load import load_model_and_tokenizer
-from model.pretrained import save_pretrained
 from model.resize import add_tokens
+from model.saved_model import save_pretrained
 from train.distributed import gather_objects
 from train.finetune.examples import (
     IGNORE,
@@ -39,7 +38,8 @@ from train.finetune.examples import (
 )
 from train.finetune.heads import TaskModel, objective
 from train.metrics import MetricsLogger
-from train.trainer import Evaluation, RunSetup
+from train.settings import FinetuneSettings
+from train.stage import Evaluation, RunSetup
 
 log = logging.getLogger("train.finetune")
 HEAD_FILE = "head.safetensors"
@@ -106,34 +106,32 @@ def validate(engine: Any, spec: TaskSpec, examples: list[Example], micro_batch: 
     return results
 
 
-class FinetuneTask:
+class FineTuning:
     """A pretrained GPT with GPT-1's special tokens and a head, trained on one task's examples."""
 
-    def __init__(self, cfg: DictConfig, setup: RunSetup) -> None:
-        self.cfg, self.setup = cfg, setup
-        self.spec = spec = TaskSpec.from_cfg(cfg.task)
+    def __init__(self, settings: FinetuneSettings, setup: RunSetup) -> None:
+        self.settings, self.setup = settings, setup
+        self.spec = spec = TaskSpec.from_cfg(settings.task)
         try:
-            gpt, tokenizer, self.model_dir = load_model_and_tokenizer(cfg.init)
+            gpt, tokenizer, self.model_dir = load_model_and_tokenizer(settings.init)
         except ValueError as bad:
-            raise Refusal(f"init={cfg.init}: {bad}") from None
+            raise Refusal(f"init={settings.init}: {bad}") from None
         eos_id = tokenizer.eos_id
         gpt.train()
         special = None
         if spec.needs_special_tokens:
-            special = SpecialTokens(*add_tokens(gpt, 3, torch.Generator().manual_seed(cfg.seed)))
-        max_len = min(cfg.train.max_len or gpt.config.block_size, gpt.config.block_size)
-        self.train_set = load_examples(spec, Path(cfg.task.train), tokenizer.encode, special, eos_id, max_len)
-        self.val_set = load_examples(spec, Path(cfg.task.validation), tokenizer.encode, special, eos_id, max_len)
+            special = SpecialTokens(*add_tokens(gpt, 3, torch.Generator().manual_seed(settings.seed)))
+        max_len = min(settings.train.max_len or gpt.config.block_size, gpt.config.block_size)
+        self.train_set = load_examples(spec, Path(settings.task.train), tokenizer.encode, special, eos_id, max_len)
+        self.val_set = load_examples(spec, Path(settings.task.validation), tokenizer.encode, special, eos_id, max_len)
         self.pad_id = eos_id if eos_id is not None else 0
 
-        self.global_batch, self.micro_batch = cfg.train.global_batch_size, cfg.train.micro_batch_size
+        self.global_batch, self.micro_batch = settings.train.global_batch_size, settings.train.micro_batch_size
         self.resumed_at = (0, 0)  # (step, examples consumed) of the checkpoint resumed from
-        self.total_steps = max(1, math.ceil(cfg.train.epochs * len(self.train_set) / self.global_batch))
-        if cfg.train.max_steps:
-            self.total_steps = min(self.total_steps, int(cfg.train.max_steps))
-        OmegaConf.update(cfg, "schedule.warmup_steps", round(cfg.schedule.warmup_fraction * self.total_steps),
-                         force_add=True)
-        self.model = TaskModel(gpt, spec.kind, spec.num_outputs, cfg.head_dropout)
+        self.total_steps = max(1, math.ceil(settings.train.epochs * len(self.train_set) / self.global_batch))
+        if settings.train.max_steps:
+            self.total_steps = min(self.total_steps, int(settings.train.max_steps))
+        self.model = TaskModel(gpt, spec.kind, spec.num_outputs, settings.head_dropout)
         self.info = {"name": spec.name, "type": spec.kind, "labels": spec.labels, "init": str(self.model_dir),
                      "special_tokens": special.__dict__ if special else None,
                      "prompt_template": spec.prompt_template or None,
@@ -148,10 +146,10 @@ class FinetuneTask:
         re-divides the rest of the epochs)."""
         step, consumed = state["step"], state.get("examples_consumed", state["step"] * self.global_batch)
         self.resumed_at = (step, consumed)
-        self.total_steps = step + max(0, math.ceil((self.cfg.train.epochs * len(self.train_set) - consumed)
+        self.total_steps = step + max(0, math.ceil((self.settings.train.epochs * len(self.train_set) - consumed)
                                                    / self.global_batch))
-        if self.cfg.train.max_steps:
-            self.total_steps = min(self.total_steps, int(self.cfg.train.max_steps))
+        if self.settings.train.max_steps:
+            self.total_steps = min(self.total_steps, int(self.settings.train.max_steps))
 
     def examples_consumed(self, step: int) -> int:
         resumed_step, resumed_examples = self.resumed_at
@@ -162,13 +160,13 @@ class FinetuneTask:
 
     def batches(self, step: int) -> list[Batch]:
         accum = self.setup.accum
-        mine = example_order(self.examples_consumed(step), self.global_batch, len(self.train_set), self.cfg.seed)
+        mine = example_order(self.examples_consumed(step), self.global_batch, len(self.train_set), self.settings.seed)
         mine = mine[self.setup.rank * self.micro_batch * accum:]
         return [collate([self.train_set[i] for i in mine[k * self.micro_batch:(k + 1) * self.micro_batch]], self.pad_id)
                 for k in range(accum)]
 
     def loss(self, engine: Any, batch: Batch) -> dict[str, torch.Tensor]:
-        loss, task, lm, _ = objective(engine, batch, self.spec.kind, self.cfg.lm_weight)
+        loss, task, lm, _ = objective(engine, batch, self.spec.kind, self.settings.lm_weight)
         return {"loss": loss, "lm_loss": lm, **({"task_loss": task} if task is not None else {})}
 
     def step_metrics(self, step: int, step_time_s: float) -> dict[str, float]:
@@ -176,11 +174,11 @@ class FinetuneTask:
                 "train/epoch": self.examples_consumed(step) / len(self.train_set)}
 
     def evaluations(self) -> list[Evaluation]:
-        return [Evaluation(self.cfg.eval.every, True, self.validate, "validation")]
+        return [Evaluation(self.settings.eval.every, True, self.validate, "validation")]
 
     def validate(self, engine: Any, step: int, metrics: MetricsLogger) -> None:
-        results = validate(engine, self.spec, self.val_set, self.cfg.eval.micro_batch_size, self.pad_id,
-                           self.cfg.lm_weight, self.setup.rank, self.setup.world_size)
+        results = validate(engine, self.spec, self.val_set, self.settings.eval.micro_batch_size, self.pad_id,
+                           self.settings.lm_weight, self.setup.rank, self.setup.world_size)
         metrics.log(step, results)
         log.info("step %d: %s", step, " ".join(f"{k} {v:.4f}" for k, v in results.items()))
 

@@ -1,9 +1,10 @@
-"""Per-step bookkeeping: what goes in, what comes out, and what was removed and why.
+"""Per-step accounting: what goes in, what comes out, and what was removed and why.
 
 datatrove counts forwarded/dropped documents per filter; the report also needs characters, a
 reason for every removal, and steps that rewrite text (extraction, PII masking) accounted
 for, so that for every step `in = out + removed` holds for documents and
-`in = out + removed + edited` for characters.
+`in = out + removed + edited` for characters. What a step removes is counted under its reason
+here and kept, as it entered the step, by the writer `removed_writer` builds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import Any
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers import JsonlWriter
 from datatrove.pipeline.writers.disk_base import DiskWriter
+
+from data_contract.layout import DataLayout
 
 IN_DOCS, IN_CHARS = "in_docs", "in_chars"
 OUT_DOCS, OUT_CHARS = "out_docs", "out_chars"
@@ -25,17 +29,29 @@ REMOVED_DOCS, REMOVED_CHARS, ERRORS = "removed_docs/", "removed_chars/", "errors
 
 
 def count_removed(step: PipelineStep, reason: str, chars: int) -> None:
+    """Counts one removed document (and its characters) under `reason`."""
     step.stat_update(REMOVED_DOCS + reason)
     step.stat_update(REMOVED_CHARS + reason, value=chars)
 
 
 def count_kept(step: PipelineStep, doc: Document) -> None:
+    """Counts one document the step passes on."""
     step.stat_update(OUT_DOCS)
     step.stat_update(OUT_CHARS, value=len(doc.text))
 
 
-class LedgerStep(PipelineStep):
-    """Wraps one document-preserving step (filter, formatter, extractor, dedup filter) and books it.
+def removed_writer(layout: DataLayout, step: str, source: str | None = None) -> JsonlWriter:
+    """Keeps what `step` removed under removed/<source>/<step>/, so nothing is lost silently.
+
+    Without `source` (a stage over every source) each document goes under its own `source` metadata.
+    """
+    if source is None:
+        return JsonlWriter(str(layout.root / "removed"), output_filename="${source}/" + step + "/${rank}.jsonl.gz")
+    return JsonlWriter(str(layout.removed(source) / step), output_filename="${rank}.jsonl.gz")
+
+
+class AccountedStep(PipelineStep):
+    """Wraps one document-preserving step (filter, formatter, extractor, dedup filter) and accounts for it.
 
     The wrapped step must yield the very documents it receives, in order (all of datatrove's
     filters and formatters do); a document that goes in and does not come out was removed, under
@@ -72,7 +88,7 @@ class LedgerStep(PipelineStep):
 
             for doc in self.step.run(feed(), rank, world_size):
                 if id(doc) not in in_flight:
-                    raise RuntimeError(f"{self.label}: LedgerStep needs a step that yields the documents it receives")
+                    raise RuntimeError(f"{self.label}: AccountedStep needs a step that yields the documents it receives")
                 while (entry := in_flight.popitem(last=False))[0] != id(doc):
                     remove(*entry[1])
                 self.stat_update(EDITED_CHARS, value=len(entry[1][1]) - len(doc.text))

@@ -1,4 +1,5 @@
-"""Where a model a user points at keeps its weights and tokenizer, and the shape it has, without torch.
+"""A model dir: which folder holds the weights and tokenizer of a model a user points at, and the shape
+(GPTConfig) its config gives, read without torch.
 
 A path may be a saved-model dir (`config.json` of GPTConfig fields), a checkpoint dir holding `model/`,
 a run dir (`checkpoints/latest`), or a Hugging Face GPT-2 dir (`config.json` with `model_type`). The
@@ -51,7 +52,6 @@ def read_hf_config(directory: Path) -> dict:
                 f"{path}: {key}={hf.get(key)!r} is not supported by this GPT (needs {supported})"
             )
     return hf
-
 
 
 def hf_gpt_config(directory: Path) -> GPTConfig:

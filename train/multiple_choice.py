@@ -39,13 +39,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
 
-from data_contract import Refusal
-from model.tokenizer import TextTokenizer
 from train.metrics import Progress
 
 SPLIT_NAMES = frozenset({"train", "validation", "val", "dev", "test"})
@@ -274,36 +272,8 @@ def zero_shot_metrics(engine: torch.nn.Module, paths: Sequence[str], encode: Cal
     return results
 
 
-def eval_fewshot(eval_cfg: DictConfig) -> FewShot:
-    """The few-shot settings of a config section (pretraining's `eval`, or train.evaluate's root)."""
+def eval_fewshot(eval_cfg: Any) -> FewShot:
+    """The few-shot settings of a settings section (pretraining's `eval`, or train.evaluate's root)."""
     source = eval_cfg.fewshot_from
     return FewShot(int(eval_cfg.shots), int(eval_cfg.fewshot_seed), str(eval_cfg.fewshot_separator),
                    None if source is None else str(source))
-
-
-def check_eval_tasks(eval_cfg: DictConfig) -> None:
-    """Refuse at the start of training what the first evaluation would fail on: a missing set or shot
-    source, an lm-eval task that is not found, lm-eval not installed."""
-    try:
-        if eval_cfg.harness == "lm_eval":
-            from train.lm_eval_adapter import task_manager
-
-            task_manager(tuple(eval_cfg.tasks), tuple(eval_cfg.lm_eval_include))
-        else:
-            for path_name in eval_cfg.tasks:
-                shot_pool(Path(path_name), load_items(Path(path_name)), eval_fewshot(eval_cfg))
-    except ValueError as bad:
-        raise Refusal(f"eval.tasks: {bad}") from None
-
-
-def task_metrics(engine: torch.nn.Module, eval_cfg: DictConfig, tokenizer: TextTokenizer, batch_size: int,
-                 rank: int, world_size: int) -> dict[str, float]:
-    """Pretraining's `eval.tasks` at an evaluation: JSONL sets scored here, or lm-eval's tasks with
-    `eval.harness=lm_eval` (`batch_size` requests per forward); the same metrics on every rank (collective)."""
-    if eval_cfg.harness == "lm_eval":
-        from train.lm_eval_adapter import lm_eval_metrics
-
-        return lm_eval_metrics(engine, tokenizer, list(eval_cfg.tasks), list(eval_cfg.lm_eval_include),
-                               eval_fewshot(eval_cfg), batch_size, rank, world_size, eval_cfg.eos_before_context)
-    return zero_shot_metrics(engine, list(eval_cfg.tasks), tokenizer.encode, tokenizer.eos_id, rank, world_size,
-                             eval_fewshot(eval_cfg), eval_cfg.eos_before_context)

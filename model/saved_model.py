@@ -2,7 +2,7 @@
 
 The trainer writes it, with consolidated weights, to `<run_dir>/checkpoints/<tag>/model/`, so a
 trained model can be loaded without DeepSpeed. The tied head weight is stored once, as the
-token embedding.
+token embedding. Finding the folder and reading its config without torch is model/model_dir.py's job.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from model.config import GPTConfig
 from model.gpt import GPT
-from model.locate import CONFIG_FILE, resolve_model_dir, saved_config
+from model.model_dir import CONFIG_FILE, resolve_model_dir, saved_config
 from model.tokenizer import copy_tokenizer
 
 WEIGHTS_FILE = "model.safetensors"

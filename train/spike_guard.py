@@ -3,8 +3,8 @@
 A loss more than `zscore` standard deviations above the mean of the last `window` accepted
 losses (after `min_history` of them), or a non-finite one, is a spike; the update of that step is
 skipped outright: no moment update, no weight decay, no move. After `max_consecutive` skips in a
-row the trainer rolls back to the last checkpoint (train/checkpoint.py) and carries on with the data
-after the offending batches (the PaLM recipe, Chowdhery et al. 2022, section 5.1).
+row the trainer rolls back to the last checkpoint (train/checkpointing/checkpointer.py) and carries on
+with the data after the offending batches (the PaLM recipe, Chowdhery et al. 2022, section 5.1).
 
 Modelled on OLMo-core's skip-step optimizer: the judgement is tensor arithmetic on the loss's device
 and reaches the optimizer as the `found_inf` flag that torch's fused AdamW kernel already honours
