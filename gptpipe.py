@@ -3,7 +3,8 @@
 Each command is the project's `python -m <module>` (which keeps working), started in this process's
 place, so launchers, signals and exit codes behave exactly as with the module. `gptpipe --help` lists
 the commands; `gptpipe <command> --help` shows that command's config groups and settings with their
-defaults and the descriptions written beside them in conf/ (or in the command's config dataclass).
+defaults and the descriptions written beside them in conf/ or in the command's settings dataclasses
+(train/settings.py), with the choices of each setting that has a few.
 """
 
 from __future__ import annotations
@@ -131,6 +132,11 @@ def settings_help(name: str, command: Command) -> str:
                 descriptions.update(yaml_descriptions(CONF_DIR / group / f"{choice}.yaml", f"{group}."))
             lines.append("")
         values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+        if command.config in ("pretrain", "finetune"):  # typed settings: defaults and choices from their dataclasses
+            from train.settings import SCHEMAS, described_fields, with_defaults
+
+            values = with_defaults(values, SCHEMAS[command.config])
+            descriptions = {**described_fields(SCHEMAS[command.config]), **descriptions}
     lines.append("settings (key=value):")
     for key, value in _leaves(values):
         description = descriptions.get(key, "")

@@ -122,7 +122,8 @@ def make_run(run_dir: Path, total_steps: int, *, every: int = 4, stop_at_step: i
         run_name="loop", run_dir=str(run_dir),
         train=LoopSettings(micro_batch_size=4, global_batch_size=4, stop_at_step=stop_at_step,
                            time_budget_s=time_budget_s),
-        optim=OptimSettings(lr=0.05, betas=[0.9, 0.95]), schedule=ScheduleSettings(warmup_steps=2),
+        optim=OptimSettings(lr=0.05, betas=[0.9, 0.95], weight_decay=0.0),
+        schedule=ScheduleSettings(kind="cosine", warmup_steps=2, min_lr_ratio=0.1, decay_fraction=0.2),
         checkpoint=CheckpointSettings(every=every, keep_last=2, export_model=False),
         spike_guard=SpikeGuardSettings(), wandb=WandbSettings(enabled=False))
     stage = Regression(total_steps)

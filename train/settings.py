@@ -8,7 +8,9 @@ structured configs, which convert every value to its declared type and reject un
 each `Literal` choice, and returns the dataclass objects themselves: each building block then takes
 its own part (the optimizer's settings to the schedule, DeepSpeed's to the config builder) rather than
 the whole tree. The dataclasses are the one source of defaults; the YAML under conf/ documents them and
-sets what differs per preset. The model group's schema is GPTConfig itself (model/config.py).
+sets what differs per stage or preset (Hydra needs every key a user may override declared in the YAML, so
+the YAML repeats the keys; tests/test_settings.py holds the two to the same defaults, and a setting each
+stage chooses itself has no default here). The model group's schema is GPTConfig itself (model/config.py).
 """
 
 from __future__ import annotations
@@ -78,11 +80,7 @@ class DeepSpeedSettings:
     reduce_bucket_size: float = 5.0e7
     stage3_prefetch_bucket_size: float = 5.0e7
     stage3_param_persistence_threshold: float = 1.0e5
-    # false: torch's own linear (one fused matmul + bias), not DeepSpeed's replacement, which adds the bias
-    # in a second pass and re-gathers weights itself; ZeRO-3's module hooks gather them either way.
     memory_efficient_linear: bool = False
-    # Modules ZeRO-3 gathers whole (DeepSpeed's set_z3_leaf_modules): each GPT block is one fetch unit,
-    # not six (two LayerNorms, four linears), so a step makes 6x fewer all-gathers and hook calls.
     stage3_leaf_modules: list[str] = field(default_factory=lambda: ["Block"])
 
 
@@ -135,17 +133,17 @@ class OptimSettings:
     lr: float = MISSING
     betas: list[float] = MISSING
     eps: float = 1.0e-8
-    weight_decay: float = 0.0
+    weight_decay: float = MISSING  # each stage its own: GPT-3's 0.1, GPT-1's 0.01
     grad_clip: float = 1.0
 
 
 @dataclass
 class ScheduleSettings:
-    kind: Literal["cosine", "wsd"] = "cosine"
-    warmup_steps: Optional[int] = None
+    kind: Literal["cosine", "wsd"] = MISSING  # each stage its own (GPT-3: cosine; GPT-1: linear decay, wsd)
+    warmup_steps: Optional[int] = None  # or warmup_fraction
     warmup_fraction: Optional[float] = None
-    min_lr_ratio: float = 0.1
-    decay_fraction: float = 0.2
+    min_lr_ratio: float = MISSING
+    decay_fraction: float = MISSING
 
     def warmup(self, planned_steps: int) -> int:
         """`warmup_steps`, or `warmup_fraction` of the steps the stage plans (GPT-1 gives a fraction)."""
@@ -194,13 +192,15 @@ class BenchmarkSettings:
 class PretrainEvalSettings(BenchmarkSettings):
     every: int = MISSING
     max_batches: int = MISSING
-    sample_every: int = 0
-    sample_prompt: str = ""
+    sample_every: int = 100
+    sample_prompt: str = "It is a truth universally acknowledged"
     sample_tokens: int = 32
 
 
 @dataclass
 class SpikeGuardSettings:
+    """Skipped updates on loss spikes (train/spike_guard.py)."""
+
     enabled: bool = True
     zscore: float = 6.0
     window: int = 50
@@ -350,3 +350,54 @@ def _build(hint: Any, value: Any, key: str) -> Any:
         return hint(**{spec.name: _build(hints[spec.name], value[spec.name], f"{key}.{spec.name}".lstrip("."))
                        for spec in dataclasses.fields(hint) if spec.name in value})
     return value
+
+
+def with_defaults(values: dict[str, Any], schema: type) -> dict[str, Any]:
+    """`values` (a composed config, unresolved) over the defaults of `schema`: every setting a command has."""
+    merged = OmegaConf.merge(OmegaConf.structured(_omegaconf_twin(schema)), values)
+    return OmegaConf.to_container(merged, resolve=False)  # type: ignore[return-value]
+
+
+def described_fields(schema: type, prefix: str = "") -> dict[str, str]:
+    """`dotted.key: description` of every field of `schema` and the dataclasses under it: the comment
+    beside the field (or the comment lines right above it) and, for a `Literal`, its choices. What
+    `gptpipe <command> --help` shows for keys no YAML of conf/ describes."""
+    hints = typing.get_type_hints(schema)
+    comments = _field_comments(schema)
+    described = {}
+    for spec in dataclasses.fields(schema):
+        hint = hints[spec.name]
+        inner = next((a for a in typing.get_args(hint) if a is not type(None)), hint) \
+            if typing.get_origin(hint) is Union else hint
+        if dataclasses.is_dataclass(inner):
+            described.update(described_fields(inner, f"{prefix}{spec.name}."))  # type: ignore[arg-type]
+            continue
+        text = comments.get(spec.name, "")
+        if typing.get_origin(hint) is Literal:
+            text = "; ".join(filter(None, [text, "one of " + ", ".join(map(str, typing.get_args(hint)))]))
+        if text:
+            described[prefix + spec.name] = text
+    return described
+
+
+def _field_comments(schema: type) -> dict[str, str]:
+    """The comments of a dataclass's fields in its source (its bases' included)."""
+    import inspect
+
+    comments: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if not dataclasses.is_dataclass(cls) or cls.__module__ != __name__:
+            continue
+        above: list[str] = []
+        for line in inspect.getsource(cls).splitlines()[1:]:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                above.append(stripped.lstrip("# "))
+                continue
+            name, colon, rest = stripped.partition(":")
+            if colon and name.isidentifier():
+                beside = rest.split("  # ", 1)[1] if "  # " in rest else ""
+                if beside or above:
+                    comments[name] = beside or " ".join(above)
+            above = []
+    return comments
