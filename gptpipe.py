@@ -133,7 +133,8 @@ def settings_help(name: str, command: Command) -> str:
             lines.append("")
         values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
         if command.config in ("pretrain", "finetune"):  # typed settings: defaults and choices from their dataclasses
-            from train.settings import SCHEMAS, described_fields, with_defaults
+            from train.settings import SCHEMAS
+            from train.typed_settings import described_fields, with_defaults
 
             values = with_defaults(values, SCHEMAS[command.config])
             descriptions = {**described_fields(SCHEMAS[command.config]), **descriptions}

@@ -12,7 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from train.settings import SCHEMAS, DeepSpeedSettings, PretrainSettings, described_fields, typed
+from train.settings import SCHEMAS, DeepSpeedSettings, PretrainSettings
+from train.typed_settings import described_fields, typed
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -63,9 +64,9 @@ def test_deepspeed_group_is_the_dataclass_default() -> None:
 def test_settings_are_typed_objects_passed_down_in_parts() -> None:
     settings = typed(composed("pretrain", "train.micro_batch_size=2", "train.global_batch_size=8"), PretrainSettings)
     assert isinstance(settings, PretrainSettings) and settings.train.grad_accum_steps(2) == 2
-    with pytest.raises(SystemExit, match="train.global_batch_size=8 is not a multiple of"):
+    with pytest.raises(SystemExit, match=r"train\.global_batch_size=8 is not a multiple of"):
         settings.train.grad_accum_steps(3)
-    with pytest.raises(SystemExit, match="deepspeed.offload_param='gpu' is not one of none, cpu"):
+    with pytest.raises(SystemExit, match=r"deepspeed\.offload_param='gpu' is not one of none, cpu"):
         typed(composed("pretrain", "deepspeed.offload_param=gpu"), PretrainSettings)
 
 

@@ -30,7 +30,8 @@ from train.command import CONF_DIR
 from train.distributed import put_environments_ninja_first, threads_per_rank
 from train.ds_config import resolve_precision
 from train.preflight import model_config_for
-from train.settings import PretrainLoopSettings, PretrainSettings, typed
+from train.settings import PretrainLoopSettings, PretrainSettings
+from train.typed_settings import typed
 
 
 def build_shm_comm_op() -> None:

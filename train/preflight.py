@@ -33,8 +33,8 @@ from train.settings import (
     PretrainLoopSettings,
     PretrainSettings,
     TaskSettings,
-    typed,
 )
+from train.typed_settings import typed
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
