@@ -181,8 +181,8 @@ def export_rows(data: MixtureData, steps: int, val_max_batches: int, folder: Pat
     check reads two of them), as int32 .npy files litgpt's data module reads."""
     train_rows, val_rows = folder / "train_rows.npy", folder / "val_rows.npy"
     np.save(train_rows, data.batch(0, steps * GLOBAL_BATCH).numpy().astype(np.int32))
-    val = [batch for source in data.sources
-           for batch in data.val_batches(source, MICRO_BATCH, val_max_batches, rank=0, world_size=1)]
+    val = [batch[real] for source in data.sources
+           for batch, real in data.val_batches(source, MICRO_BATCH, val_max_batches, rank=0, world_size=1)]
     np.save(val_rows, torch.cat(val).numpy().astype(np.int32))
     return train_rows, val_rows
 

@@ -16,6 +16,7 @@ from tests.train_fixtures import SMALL_MODEL, launch, losses, make_data_root, re
 from train.checkpointing.checkpointer import newest_verified
 from train.checkpointing.layout import complete_checkpoints
 from train.cpu_shm_collectives import ranks_share_one_machine
+from train.data import val_rounds
 from train.spike_guard import LossSpikeGuard, SkipStepAdamW
 
 METRICS = ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/mfu", "train/step_time_s",
@@ -161,6 +162,23 @@ def test_an_op_built_from_an_activated_venv_is_loaded_not_rebuilt_by_a_bare_pyth
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("windows", [0, 1, 7, 32])
+def test_every_rank_count_validates_the_same_windows_in_as_many_batches(windows: int) -> None:
+    for world_size in (1, 2, 3, 4, 16, 40):
+        shares = [val_rounds(windows, 4, rank, world_size) for rank in range(world_size)]
+        assert len({len(share) for share in shares}) == 1, "every rank runs the same number of forwards"
+        real = sorted(w for share in shares for rows, mask in share for w, keep in zip(rows, mask, strict=True) if keep)
+        assert real == list(range(windows)), f"{world_size} ranks: each window once"
+
+
+@pytest.mark.slow
+def test_more_ranks_than_validation_batches_still_log_val_loss(tmp_path: Path, data_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    launch(4, run_dir, data_root, "train.micro_batch_size=2", "train.global_batch_size=8", "eval.max_batches=2",
+           "train.max_steps=2", "eval.every=2", "eval.sample_every=0", "wandb.enabled=false", launcher="torchrun")
+    assert [m["step"] for m in read_metrics(run_dir) if "val/loss" in m] == [2]
+
+
 def test_exact_resume_continues_the_same_losses_samples_and_wandb_run(tmp_path: Path, data_root: Path) -> None:
     steps = ["train.max_steps=6", "eval.every=0", "eval.sample_every=0", "precision=fp32"]
     whole, split = tmp_path / "whole", tmp_path / "split"

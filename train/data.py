@@ -9,6 +9,7 @@ order of training is a pure function of the plan and resuming needs only the ste
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -92,22 +93,33 @@ class MixtureData:
         return torch.from_numpy(np.stack([self.sample(first_position + i) for i in range(size)]))
 
     def val_batches(self, source: SourceInfo, batch_size: int, max_batches: int, rank: int,
-                    world_size: int) -> list[torch.Tensor]:
-        """This rank's share of a source's first `max_batches` val batches.
+                    world_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share of a source's validation windows, as (batch, mask of the real rows).
 
-        The set does not depend on the number of ranks (so val metrics compare across runs), and
-        every rank gets the same count: under ZeRO-3 every forward is collective.
+        The set is the source's first `max_batches` x `batch_size` windows whatever the number of ranks (so
+        val metrics compare across runs): the windows are dealt out to the ranks in turn, and every rank
+        runs the same number of batches, as ZeRO-3's collective forwards require, a short one padded with
+        rows its mask leaves out. More ranks than batches still evaluate every window.
         """
         if source.val_stream is None:
             return []
-        windows = (len(source.val_stream) - 1) // self.seq_len
-        total = min(max_batches, windows // batch_size) // world_size * world_size
-        batches = []
-        for b in range(rank, total, world_size):
-            rows = [source.val_stream.read((b * batch_size + i) * self.seq_len, self.seq_len + 1)
-                    for i in range(batch_size)]
-            batches.append(torch.from_numpy(np.stack(rows)))
-        return batches
+        windows = min(max_batches * batch_size, (len(source.val_stream) - 1) // self.seq_len)
+        return [(torch.from_numpy(np.stack([source.val_stream.read(w * self.seq_len, self.seq_len + 1)
+                                            for w in rows])), torch.tensor(real))
+                for rows, real in val_rounds(windows, batch_size, rank, world_size)]
+
+
+def val_rounds(windows: int, batch_size: int, rank: int, world_size: int) -> list[tuple[list[int], list[bool]]]:
+    """Rank `rank`'s batches of windows `rank, rank + world_size, ...` of `windows`, with which rows are real:
+    as many batches on every rank, the last ones padded with window 0."""
+    mine = list(range(rank, windows, world_size))
+    rounds = math.ceil(math.ceil(windows / world_size) / batch_size)
+    batches = []
+    for k in range(rounds):
+        rows = mine[k * batch_size:(k + 1) * batch_size]
+        real = [True] * len(rows) + [False] * (batch_size - len(rows))
+        batches.append((rows + [0] * (batch_size - len(rows)), real))
+    return batches
 
 
 class Prefetcher:

@@ -9,6 +9,7 @@ modded-nanogpt/nanochat count it.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from train.data import MixtureData
 from train.distributed import accelerator
 from train.metrics import Progress
+
+log = logging.getLogger("train")
 
 
 def _all_reduce_sum(values: list[float]) -> list[float]:
@@ -42,16 +45,19 @@ def val_loss_metrics(engine: Any, data: MixtureData, token_bytes: np.ndarray, ba
         nats = tokens = n_bytes = 0.0
         batches = data.val_batches(source, batch_size, max_batches, rank, world_size)
         progress = Progress(f"validation {source.name}, batches of rank 0", len(batches), rank == 0)
-        for done, batch in enumerate(batches, 1):
+        for done, (batch, real) in enumerate(batches, 1):
             logits = engine(batch[:, :-1])
-            targets = batch[:, 1:]
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+            targets = batch[:, 1:][real]  # padding rows only keep the ranks' forwards in step
+            loss = F.cross_entropy(logits[real].float().flatten(0, 1), targets.flatten(), reduction="sum")
             nats += loss.item()
             tokens += targets.numel()
             n_bytes += float(byte_table[targets].sum())
             progress.update(done)
         nats, tokens, n_bytes = _all_reduce_sum([nats, tokens, n_bytes])
         if tokens == 0:
+            if source.val_stream is not None and rank == 0:
+                log.warning("val/%s: its held-out tokens do not fill one window of %d; no validation for it "
+                            "(hold out more of the source in curation)", source.name, data.seq_len + 1)
             continue
         results[f"val/{source.name}/loss"] = nats / tokens
         results[f"val/{source.name}/bpb"] = nats / math.log(2) / max(n_bytes, 1.0)

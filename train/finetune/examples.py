@@ -21,7 +21,6 @@ named by their 1-based position.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -104,25 +103,27 @@ class TaskSpec:
     @classmethod
     def from_cfg(cls, task: Any) -> TaskSpec:
         """The task's settings (TaskSettings, or a mapping such as a task's YAML) as a checked spec."""
-        settings = dict(task) if isinstance(task, Mapping) else dataclasses.asdict(task)
-        name, kind = settings.get("name"), settings.get("type")
+        def setting(key: str) -> Any:  # only the keys read are resolved (a task's YAML holds interpolations)
+            return task.get(key) if isinstance(task, Mapping) else getattr(task, key, None)
+
+        name, kind = setting("name"), setting("type")
         if kind not in KINDS:
             raise Refusal(f"task.type={kind!r} is not one of {', '.join(KINDS)}")
         fields = {}
         for role in ROLES[kind]:
-            names = settings["fields"].get(role) if settings.get("fields") else None
+            names = setting("fields").get(role) if setting("fields") else None
             if names is None and role in OPTIONAL_ROLES.get(kind, ()):
                 names = []
             if names is None:
                 raise Refusal(f"task.fields.{role} is missing: name the record field that holds the {role} "
                                 f"of a {kind} example (task {name})")
             fields[role] = [names] if isinstance(names, str) else list(names)
-        labels = [str(label) for label in settings["labels"]] if settings.get("labels") else None
+        labels = [str(label) for label in setting("labels")] if setting("labels") else None
         if kind in ("classification", "entailment") and not labels:
             raise Refusal(f"task.labels is missing for {kind} task {name}: list the label values, "
                             "e.g. labels: [entailment, neutral, contradiction]")
-        template = settings.get("prompt_template") or ""
-        template_no_input = settings.get("prompt_template_no_input") or ""
+        template = setting("prompt_template") or ""
+        template_no_input = setting("prompt_template_no_input") or ""
         if kind == "instruction":
             if bool(template) != bool(template_no_input):
                 unset = "prompt_template_no_input" if template else "prompt_template"
