@@ -162,6 +162,37 @@ def test_an_op_built_from_an_activated_venv_is_loaded_not_rebuilt_by_a_bare_pyth
 
 
 @pytest.mark.slow
+class MetaEngine:
+    """An engine whose module lives on the `meta` device: any input left on the host fails its forward."""
+
+    device = torch.device("meta")
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.module = model
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.module(idx)
+
+
+def test_a_pretraining_step_feeds_the_engine_on_its_own_device(data_root: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from model import GPT
+    from train.pretrain import Pretraining
+    from train.settings import PretrainSettings
+    from train.stage import RunSetup
+    from train.typed_settings import typed
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        cfg = compose("pretrain", overrides=["run_name=meta", f"paths.data_root={data_root}", *SMALL_MODEL])
+    stage = Pretraining(typed(cfg, PretrainSettings), RunSetup(0, 1, "fp32", 1, False))
+    with torch.device("meta"):
+        engine = MetaEngine(GPT(stage.model.config))
+    host_batch = stage.data.batch(0, 2)
+    assert host_batch.device.type == "cpu"
+    assert stage.loss(engine, host_batch)["loss"].device.type == "meta"
+
+
 @pytest.mark.parametrize("windows", [0, 1, 7, 32])
 def test_every_rank_count_validates_the_same_windows_in_as_many_batches(windows: int) -> None:
     for world_size in (1, 2, 3, 4, 16, 40):

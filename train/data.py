@@ -142,7 +142,9 @@ class Prefetcher:
 
     def step_batches(self, step: int) -> list[torch.Tensor]:
         base = self.offset + step * self.global_batch + self.rank * self.micro_batch * self.accum
-        return [self.data.batch(base + k * self.micro_batch, self.micro_batch) for k in range(self.accum)]
+        batches = [self.data.batch(base + k * self.micro_batch, self.micro_batch) for k in range(self.accum)]
+        # pinned, a batch goes to the GPU while the step before it still computes (non_blocking copies)
+        return [batch.pin_memory() for batch in batches] if torch.cuda.is_available() else batches
 
     def _fill(self, step: int) -> None:
         steps_available = (len(self.data) - self.offset) // self.global_batch

@@ -93,6 +93,13 @@ def accelerator() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def engine_device(engine: Any) -> torch.device:
+    """Where an engine's module computes, so where its inputs go: DeepSpeed's `engine.forward` passes them on
+    unmoved, so a host batch would reach a GPU model as it is."""
+    device = getattr(engine, "device", None)
+    return torch.device(device) if device is not None else accelerator()
+
+
 def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
     """The mean of a per-rank tensor, on every rank (collective), so all ranks take the same decisions.
 

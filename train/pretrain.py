@@ -25,7 +25,7 @@ from model.saved_model import save_pretrained
 from model.tokenizer import load_tokenizer
 from train.benchmarks import benchmark_metrics, check_benchmarks
 from train.data import MixtureData, Prefetcher
-from train.distributed import mean_across_ranks
+from train.distributed import engine_device, mean_across_ranks
 from train.metrics import MetricsLogger, default_peak_flops
 from train.preflight import model_config_for
 from train.settings import PretrainSettings
@@ -99,6 +99,7 @@ class Pretraining:
         return batches
 
     def loss(self, engine: Any, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = batch.to(engine_device(engine), non_blocking=True)
         return {"loss": next_token_loss(engine(batch[:, :-1]), batch[:, 1:])}
 
     def tokens_seen(self, step: int) -> int:
@@ -137,7 +138,8 @@ class Pretraining:
 
     def sample(self, engine: Any, step: int, metrics: MetricsLogger) -> None:
         # Every rank generates the same tokens in lockstep: ZeRO-3 forwards are collective.
-        prompt = torch.tensor([self.tokenizer.encode(self.settings.eval.sample_prompt)], dtype=torch.long)
+        prompt = torch.tensor([self.tokenizer.encode(self.settings.eval.sample_prompt)], dtype=torch.long,
+                              device=engine_device(engine))
         ids = generate(engine.module, prompt, self.settings.eval.sample_tokens, temperature=0.0)
         metrics.log_text(step, "samples/text", self.tokenizer.decode(ids[0].tolist()))
 

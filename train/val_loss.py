@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from train.data import MixtureData
-from train.distributed import accelerator
+from train.distributed import accelerator, engine_device
 from train.metrics import Progress
 
 log = logging.getLogger("train")
@@ -38,7 +38,8 @@ def val_loss_metrics(engine: Any, data: MixtureData, token_bytes: np.ndarray, ba
     """val/loss, val/ppl, val/bpb over all sources and val/<source>/{loss,bpb} (collective)."""
     was_training = engine.module.training
     engine.eval()
-    byte_table = torch.from_numpy(token_bytes)
+    device = engine_device(engine)
+    byte_table = torch.from_numpy(token_bytes).to(device)
     results: dict[str, float] = {}
     total_nats = total_tokens = total_bytes = 0.0
     for source in data.sources:
@@ -46,6 +47,7 @@ def val_loss_metrics(engine: Any, data: MixtureData, token_bytes: np.ndarray, ba
         batches = data.val_batches(source, batch_size, max_batches, rank, world_size)
         progress = Progress(f"validation {source.name}, batches of rank 0", len(batches), rank == 0)
         for done, (batch, real) in enumerate(batches, 1):
+            batch, real = batch.to(device, non_blocking=True), real.to(device)
             logits = engine(batch[:, :-1])
             targets = batch[:, 1:][real]  # padding rows only keep the ranks' forwards in step
             loss = F.cross_entropy(logits[real].float().flatten(0, 1), targets.flatten(), reduction="sum")

@@ -88,6 +88,11 @@ class Batch:
     targets: torch.Tensor  # (examples,) class/answer index or score
     rows_per_example: int
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device` (from pinned host memory without waiting, where there is some)."""
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.idx, self.extract, self.lm_targets,
+                                                                  self.targets)), self.rows_per_example)
+
 
 @dataclass(frozen=True)
 class TaskSpec:

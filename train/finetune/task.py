@@ -26,7 +26,7 @@ from data_contract.refusal import Refusal
 from model.load import load_model_and_tokenizer
 from model.resize import add_tokens
 from model.saved_model import save_pretrained
-from train.distributed import gather_objects
+from train.distributed import engine_device, gather_objects
 from train.finetune.examples import (
     IGNORE,
     Batch,
@@ -72,7 +72,7 @@ def validate(engine: Any, spec: TaskSpec, examples: list[Example], micro_batch: 
     task_nats = lm_nats = lm_tokens = 0.0
     for k in range(rounds):
         chunk = mine[k * micro_batch:(k + 1) * micro_batch]
-        batch = collate([examples[i] for i in chunk or [0]], pad_id)
+        batch = collate([examples[i] for i in chunk or [0]], pad_id).to(engine_device(engine))
         _, task, lm, outputs = objective(engine, batch, spec.kind, lm_weight)
         if not chunk:  # this rank ran out of examples: the forward only keeps the others company
             continue
@@ -166,7 +166,7 @@ class FineTuning:
                 for k in range(accum)]
 
     def loss(self, engine: Any, batch: Batch) -> dict[str, torch.Tensor]:
-        loss, task, lm, _ = objective(engine, batch, self.spec.kind, self.settings.lm_weight)
+        loss, task, lm, _ = objective(engine, batch.to(engine_device(engine)), self.spec.kind, self.settings.lm_weight)
         return {"loss": loss, "lm_loss": lm, **({"task_loss": task} if task is not None else {})}
 
     def step_metrics(self, step: int, step_time_s: float) -> dict[str, float]:
