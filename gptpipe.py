@@ -42,6 +42,8 @@ COMMANDS: dict[str, Command] = {
     "sample_data": Command("curation.sample_data", "fetch the sample corpus", "sample_data"),
     "assets": Command("curation.assets", "fetch the language-ID model and GPT-2's tokenizer files", "assets"),
     "train": Command("train", "pretrain a GPT with DeepSpeed ZeRO-3", "pretrain"),
+    "plan": Command("train.plan", "memory per GPU, checkpoint cost and step time of a run, before it is launched "
+                    "(cluster.nodes, cluster.gpus_per_node, cluster.gpu_memory_gb, ...)", "pretrain"),
     "prebuild": Command("train.prebuild", "compile a CPU run's kernels ahead of its launch "
                         "(--ranks-per-node N, then the run's train settings)", "pretrain"),
     "finetune": Command("train.finetune", "GPT-1-style fine-tuning and instruction tuning", "finetune"),

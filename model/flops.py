@@ -1,4 +1,5 @@
-"""Training FLOPs per token, for model FLOPs utilisation (MFU).
+"""Training FLOPs per token, for model FLOPs utilisation (MFU), and the parameter counts they and a memory
+plan (train/plan.py) start from, by arithmetic alone (no module is built).
 
 Kaplan et al. 2020 (Scaling Laws, section 2.1) count 2N forward FLOPs per token for the
 weight matmuls and twice that backward, hence 6N; PaLM (Chowdhery et al. 2022, appendix B)
@@ -27,3 +28,18 @@ def matmul_params(config: GPTConfig) -> int:
 def flops_per_token(config: GPTConfig, seq_len: int) -> float:
     """Forward + backward FLOPs to train on one token at context length `seq_len`."""
     return 6.0 * matmul_params(config) + 12.0 * config.n_layer * config.n_embd * seq_len
+
+
+def block_params(config: GPTConfig) -> int:
+    """Parameters of one transformer block: ZeRO-3's fetch unit, and so the largest layer it gathers."""
+    d, bias = config.n_embd, int(config.bias)
+    linears = 12 * d * d + bias * (3 * d + d + 4 * d + d)
+    return linears + 2 * (d + bias * d)
+
+
+def parameter_count(config: GPTConfig) -> int:
+    """Distinct parameters as the papers count them (GPT.num_params: position embeddings in, tied head once,
+    the embedding's padding rows out)."""
+    d = config.n_embd
+    return (config.vocab_size + config.block_size) * d + config.n_layer * block_params(config) \
+        + d + int(config.bias) * d

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,8 +20,7 @@ from omegaconf import DictConfig
 from data_contract.refusal import Refusal
 from train.launch_env import resolve_env
 from train.preflight import prepare
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from train.typed_settings import CONF_DIR
 
 
 def training_command(name: str, config_name: str, stage_class: Callable[[], type]) -> Callable[[], None]:

@@ -23,15 +23,13 @@ import time
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
 
 from model.gpt import GPT
-from train.command import CONF_DIR
 from train.distributed import put_environments_ninja_first, threads_per_rank
 from train.ds_config import resolve_precision
 from train.preflight import model_config_for
-from train.settings import PretrainLoopSettings, PretrainSettings
-from train.typed_settings import typed
+from train.settings import PretrainLoopSettings
+from train.typed_settings import pretrain_settings
 
 
 def build_shm_comm_op() -> None:
@@ -54,14 +52,6 @@ def compile_cpu_kernels(model_settings: Any, loop: PretrainLoopSettings, precisi
     model(tokens).float().mean().backward()
 
 
-def run_settings(overrides: list[str]) -> PretrainSettings:
-    """The pretraining settings `python -m train <overrides>` would run with (conf/pretrain.yaml)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        # run_name derives from Hydra's runtime choices, which a compose outside an app does not have
-        named = overrides if any(o.startswith("run_name=") for o in overrides) else ["run_name=prebuild", *overrides]
-        return typed(compose(config_name="pretrain", overrides=named), PretrainSettings)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.prebuild", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks-per-node", type=int, default=1,
@@ -73,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     start = time.perf_counter()
     build_shm_comm_op()
-    settings = run_settings(args.overrides)
+    settings = pretrain_settings(args.overrides)
     precision = resolve_precision(settings.precision)
     threads = threads_per_rank(settings.train.threads_per_rank, args.ranks_per_node)
     torch.set_num_threads(threads)

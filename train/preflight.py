@@ -27,6 +27,7 @@ from train import run_folder
 from train.checkpointing.identity import check_same_run, finetune_identity, pretrain_identity
 from train.checkpointing.layout import newest_state, readable_state, resume_request
 from train.launch_env import resolve_env
+from train.plan import plan_with_fix
 from train.settings import (
     SCHEMAS,
     DataSettings,
@@ -34,9 +35,7 @@ from train.settings import (
     PretrainSettings,
     TaskSettings,
 )
-from train.typed_settings import typed
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from train.typed_settings import CONF_DIR, typed
 
 
 def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | None) -> tuple[Any, dict[str, Any]]:
@@ -49,6 +48,7 @@ def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | Non
         raise Refusal(f"train.time_budget_s={loop.time_budget_s} must be a positive number of seconds (or null)")
     if isinstance(settings, PretrainSettings):
         identity = pretrain_checks(settings.data, loop, settings.model, settings.vocab_size, settings.init)
+        fits_its_gpus(settings)
     else:
         finetune_checks(settings.init, settings.task)
         identity = finetune_identity(settings.init, settings.task, settings.train, settings.seed)
@@ -64,6 +64,16 @@ def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | Non
         if found is not None:
             check_same_run(found[1].get("identity"), identity, list(loop.accept_changes), found[0])
     return settings, identity
+
+
+def fits_its_gpus(settings: PretrainSettings) -> None:
+    """With `cluster.gpu_memory_gb` given, the run's memory plan (train/plan.py) must fit it."""
+    plan = plan_with_fix(settings)
+    if plan.fits is False:
+        raise Refusal(f"the run needs {plan.peak_gb_per_gpu:.1f} GB per GPU on {plan.gpus} GPUs, more than "
+                      f"cluster.gpu_memory_gb={plan.gpu_memory_gb:g}; "
+                      + (f"set {plan.fix}" if plan.fix else "shrink the model, the sequence or the micro batch")
+                      + " (`python -m train.plan <these overrides>` shows the plan)")
 
 
 def pretrain_checks(data: DataSettings, loop: PretrainLoopSettings, model: Any, vocab_size: int | None,
@@ -124,7 +134,7 @@ def init_checks(init: str, model_config: GPTConfig, tokenizer_hash: str, tokeniz
                       "or start from a model trained on this tokenizer")
     differ = [key for key in INIT_KEYS if getattr(config, key) != getattr(model_config, key)]
     if differ:
-        presets = [path.stem for path in sorted((Path(__file__).parents[1] / "conf" / "model").glob("*.yaml"))
+        presets = [path.stem for path in sorted((CONF_DIR / "model").glob("*.yaml"))
                    if all(OmegaConf.load(path).get(key, getattr(config, key)) == getattr(config, key)
                           for key in INIT_KEYS if key != "vocab_size")]
         keys = {key: key if key == "vocab_size" else f"model.{key}" for key in differ}  # vocab_size is top-level

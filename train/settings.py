@@ -213,6 +213,19 @@ class MetricsSettings:
 
 
 @dataclass
+class ClusterSettings:
+    """The GPUs a run is planned for (train/plan.py), and what the plan assumes of them."""
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+    gpu_memory_gb: Optional[float] = None
+    peak_tflops_per_gpu: float = 989.0
+    mfu: float = 0.4
+    checkpoint_write_gb_per_s: float = 5.0
+    reserve_gb: float = 3.0
+
+
+@dataclass
 class TrainingSettings:
     """What the trainer (train/trainer.py) reads, whichever stage it runs."""
 
@@ -241,6 +254,7 @@ class PretrainSettings(TrainingSettings):
     eval: PretrainEvalSettings = field(default_factory=PretrainEvalSettings)
     spike_guard: Optional[SpikeGuardSettings] = field(default_factory=SpikeGuardSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
 @dataclass

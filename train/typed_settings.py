@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import typing
+from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,11 +21,24 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from data_contract.refusal import Refusal
 from train import settings as settings_module
+from train.settings import PretrainSettings
 
 # OmegaConf reads the twin's annotations at run time: Optional[...] rather than `X | None`.
 # ruff: noqa: UP045
 
 Settings = typing.TypeVar("Settings")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def pretrain_settings(overrides: list[str]) -> PretrainSettings:
+    """The pretraining settings `python -m train <overrides>` would run with (conf/pretrain.yaml), for the
+    commands that plan or prepare a run without being it (train.plan, train.prebuild)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        # run_name derives from Hydra's runtime choices, which a compose outside an app does not have
+        named = overrides if any(o.startswith("run_name=") for o in overrides) else ["run_name=plan", *overrides]
+        return typed(compose(config_name="pretrain", overrides=named), PretrainSettings)
 
 
 def typed(cfg: DictConfig, schema: type[Settings]) -> Settings:
