@@ -78,6 +78,21 @@ def test_continued_pretraining_starts_from_the_weights(hf_gpt2: Path, gpt2_data:
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
+def test_a_bf16_run_exports_its_fp32_master_weights(hf_gpt2: Path, gpt2_data: Path, tmp_path: Path) -> None:
+    """At lr 0 the fp32 master weights stay the init's: the export computes its logits, where the bf16
+    working copy would be off by its rounding."""
+    run_dir = tmp_path / "run"
+    launch(1, run_dir, gpt2_data, f"init={hf_gpt2}", "optim.lr=0", "precision=bf16", "train.max_steps=3",
+           "checkpoint.every=3", "eval.every=0", "eval.sample_every=0", launcher="python")
+    exported = tmp_path / "hf-out"
+    run_module("model.convert", "direction=to_hf", f"src={run_dir}", f"dst={exported}", check=True)
+    ids = torch.tensor([gpt2_tokenizer()("It is a truth universally acknowledged")["input_ids"]])
+    with torch.no_grad():
+        after = transformers.GPT2LMHeadModel.from_pretrained(exported).eval()(ids).logits
+        before = transformers.GPT2LMHeadModel.from_pretrained(hf_gpt2).eval()(ids).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model.n_layer=3"], "has n_layer=2 but the run's model has model.n_layer=3; set model.n_layer=2 to "
                           "continue from these weights"),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from train.distributed import accelerator
@@ -84,3 +85,21 @@ def start_engine(model: nn.Module, zero: DeepSpeedSettings, optim: OptimSettings
                               eps=optim.eps, guard=guard)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine, optimizer
+
+
+def restore_fp32_master(engine: Any, weights: dict[str, torch.Tensor]) -> None:
+    """Set ZeRO-3's fp32 master weights to `weights` (full fp32 tensors by parameter name).
+
+    DeepSpeed builds the master copy from the module after casting it to bf16, so weights loaded in fp32
+    (continued pretraining from `init`) would lose their low bits before the first step; this puts them
+    back. Each rank writes its own partition. (DeepSpeed's `safe_set_full_fp32_param` narrows past the end
+    of a parameter whose size the ranks do not divide, so the partition is filled here.)
+    """
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    for name, param in engine.module.named_parameters():
+        if not (hasattr(param, "ds_id") and param.requires_grad and name in weights):
+            continue
+        partition, _ = param._z3_optimizer._get_fp32_opt_state_partition(param, release_swap_buffers=False)
+        start = partition.numel() * rank
+        mine = weights[name].flatten()[start:start + partition.numel()].to(partition.device, partition.dtype)
+        partition.data[:mine.numel()].copy_(mine)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from train.checkpointing.checkpointer import Checkpointer, ProcessRng
 from train.checkpointing.layout import resume_request
 from train.distributed import collectives, gather_objects, init_distributed, rank_hosts, threads_per_rank
-from train.ds_config import build_ds_config, resolve_precision, start_engine
+from train.ds_config import build_ds_config, resolve_precision, restore_fp32_master, start_engine
 from train.hooks import after_step_hooks
 from train.loop import TrainingRun, fit
 from train.metrics import MetricsLogger, StartupClock
@@ -79,7 +79,13 @@ def set_up(settings: TrainingSettings, build_stage: BuildStage, identity: dict[s
                                 setup.precision)
     if resume is not None and resume.universal:
         ds_config["checkpoint"] = {"load_universal": True}
+    # initial weights in fp32 would reach the bf16 master copy rounded: kept aside to be put back
+    initial = {name: p.detach().clone() for name, p in stage.model.named_parameters()} \
+        if setup.precision == "bf16" and settings.init and resume is None else None
     engine, optimizer = start_engine(stage.model, settings.deepspeed, settings.optim, settings.spike_guard, ds_config)
+    if initial is not None:
+        restore_fp32_master(engine, initial)
+        del initial
     if settings.train.compile:
         engine.compile()  # torch.compile (inductor) of the module; ZeRO-3's gather/release hooks stay eager
     training = TrainingRun(settings, setup, stage, engine, LearningRateSchedule(settings.optim, settings.schedule,

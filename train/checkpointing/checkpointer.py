@@ -258,13 +258,23 @@ def newest_verified(candidates: list[Path]) -> tuple[Path, dict[str, Any]] | Non
 
 
 def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
-    """Full fp32 weights on rank 0 (None elsewhere); every rank must call it (ZeRO-3 all-gathers)."""
+    """Full fp32 weights on rank 0 (None elsewhere); every rank must call it (ZeRO-3 all-gathers).
+
+    A trained parameter comes from the optimizer's fp32 master copy: in bf16 the module's own weights are
+    the rounded working copy, and an export of those would not be the model that was trained.
+    """
     import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
 
     module = engine.module
     rank = dist.get_rank() if dist.is_initialized() else 0
     state: dict[str, torch.Tensor] = {}
     for name, param in module.named_parameters(remove_duplicate=False):
+        master = safe_get_full_fp32_param(param) if hasattr(param, "ds_id") and param.requires_grad else None
+        if master is not None:
+            if rank == 0:
+                state[name] = master.detach().reshape(param.ds_shape).float().cpu().clone()
+            continue
         with deepspeed.zero.GatheredParameters([param], modifier_rank=None, enabled=hasattr(param, "ds_id")):
             if rank == 0:
                 state[name] = param.detach().float().cpu().clone()
