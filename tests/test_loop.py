@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from train.checkpointing.checkpointer import Checkpointer, ProcessRng
-from train.checkpointing.layout import STATE_FILE, complete_checkpoints
+from train.checkpointing.layout import STATE_FILE, complete_checkpoints, writer_of
 from train.hooks import after_step_hooks
 from train.loop import TrainingRun, fit, train_step
 from train.metrics import MetricsLogger, StartupClock
@@ -187,8 +187,11 @@ def test_a_stop_checkpoints_that_step_and_asks_for_a_requeue_and_a_resume_contin
     assert complete_checkpoints(tmp_path / "checkpoints")[-1].name == "step00000005"
     weights = run.stage.model.weight.detach().clone()
 
+    half_written = tmp_path / "checkpoints" / "step00000007.tmp"
+    half_written.mkdir()
     resumed = make_run(tmp_path, total_steps=10)
     resume = resumed.checkpointer.plan_resume("auto", {"model": "linear"}, [])
+    assert not half_written.exists(), "what a killed save left is swept at the next start"
     assert resume is not None and not resume.universal
     resumed.checkpointer.load(resume)
     assert resumed.step == 5 and resumed.stage.resumed_state["samples_consumed"] == 20
@@ -212,3 +215,9 @@ def test_a_changed_identity_is_refused_by_the_checkpointers_resume_plan(tmp_path
     with pytest.raises(SystemExit, match="was trained with other settings"):
         again.checkpointer.plan_resume("auto", {"model": "another"}, [])
     again.watchdog.stop()
+
+
+def test_each_rank_hashes_the_files_it_wrote() -> None:
+    assert writer_of("zero_pp_rank_3_mp_rank_00_optim_states.pt", 8) == 3
+    assert writer_of("zero_pp_rank_11_mp_rank_00_model_states.pt", 8) == 3
+    assert writer_of("model/model.safetensors", 8) == writer_of("mp_rank_00_model_states.pt", 8) == 0

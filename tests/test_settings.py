@@ -74,3 +74,16 @@ def test_help_describes_each_choice_from_its_literal() -> None:
     described = described_fields(PretrainSettings)
     assert described["schedule.kind"].endswith("one of cosine, wsd")
     assert described["deepspeed.stage"].endswith("one of 0, 1, 2, 3")
+
+
+def test_zero3_keys_reach_the_deepspeed_config_and_a_cpu_run_refuses_quantization() -> None:
+    from train.ds_config import build_ds_config
+
+    settings = typed(composed("pretrain", "deepspeed.stage3_max_live_parameters=2e9", "deepspeed.zero_hpz_partition_size=8",
+                              "train.micro_batch_size=2", "train.global_batch_size=16"), PretrainSettings)
+    zero = build_ds_config(settings.deepspeed, settings.train, 1.0, 8, "bf16")["zero_optimization"]
+    assert zero["stage3_max_live_parameters"] == 2_000_000_000 and zero["zero_hpz_partition_size"] == 8
+    assert zero["stage3_max_reuse_distance"] == 1_000_000_000 and zero["zero_quantized_weights"] is False
+    quantized = typed(composed("pretrain", "deepspeed.zero_quantized_weights=true"), PretrainSettings)
+    with pytest.raises(SystemExit, match=r"deepspeed\.zero_quantized_weights=true needs CUDA"):
+        build_ds_config(quantized.deepspeed, quantized.train, 1.0, 2, "bf16")

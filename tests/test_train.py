@@ -233,7 +233,7 @@ def test_resume_with_another_rank_count_through_a_universal_checkpoint(tmp_path:
     steps = ["train.max_steps=5", "eval.every=0", "eval.sample_every=0", "precision=fp32"]
     run_dir = tmp_path / "run"
     launch(2, run_dir, data_root, *steps, "train.stop_at_step=3", check=False)
-    launch(1, run_dir, data_root, *steps, launcher="python")
+    resumed = launch(1, run_dir, data_root, *steps, launcher="python")
     record = losses(run_dir)
     assert sorted(record) == [1, 2, 3, 4, 5]
     reference = tmp_path / "reference"
@@ -241,7 +241,8 @@ def test_resume_with_another_rank_count_through_a_universal_checkpoint(tmp_path:
     # The first step after the switch runs on exactly the restored weights (summed in another order).
     assert record[4] == pytest.approx(losses(reference)[4], rel=1e-5)
     assert record[5] == pytest.approx(losses(reference)[5], rel=1e-3)
-    assert (run_dir / "checkpoints" / "universal" / "step00000003").is_dir()
+    assert f"converted {run_dir / 'checkpoints' / 'step00000003'} to DeepSpeed's universal format" in resumed.stderr
+    assert not (run_dir / "checkpoints" / "universal").exists(), "the converted copy goes with the next save"
 
 
 @pytest.mark.slow

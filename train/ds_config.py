@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from data_contract.refusal import Refusal
 from train.distributed import accelerator
 from train.optim import param_groups
 from train.settings import DeepSpeedSettings, LoopSettings, OptimSettings, SpikeGuardSettings
@@ -44,9 +45,19 @@ def build_ds_config(zero: DeepSpeedSettings, loop: LoopSettings, grad_clip: floa
         "reduce_bucket_size": int(zero.reduce_bucket_size),
     }
     if zero.stage == 3:
-        zero_config["stage3_prefetch_bucket_size"] = int(zero.stage3_prefetch_bucket_size)
-        zero_config["stage3_param_persistence_threshold"] = int(zero.stage3_param_persistence_threshold)
-        zero_config["memory_efficient_linear"] = bool(zero.memory_efficient_linear)
+        zero_config.update(
+            stage3_prefetch_bucket_size=int(zero.stage3_prefetch_bucket_size),
+            stage3_param_persistence_threshold=int(zero.stage3_param_persistence_threshold),
+            stage3_max_live_parameters=int(zero.stage3_max_live_parameters),
+            stage3_max_reuse_distance=int(zero.stage3_max_reuse_distance),
+            zero_hpz_partition_size=zero.zero_hpz_partition_size,
+            zero_quantized_weights=zero.zero_quantized_weights,
+            zero_quantized_gradients=zero.zero_quantized_gradients,
+            memory_efficient_linear=zero.memory_efficient_linear)
+        quantized = [key for key in ("zero_quantized_weights", "zero_quantized_gradients") if getattr(zero, key)]
+        if quantized and not torch.cuda.is_available():
+            raise Refusal(f"deepspeed.{quantized[0]}=true needs CUDA (DeepSpeed's quantizer has no CPU kernel); "
+                          "set it false on CPU")
     for part, device in (("optimizer", zero.offload_optimizer), ("param", zero.offload_param)):
         if device == "cpu":
             zero_config[f"offload_{part}"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}

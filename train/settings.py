@@ -79,6 +79,11 @@ class DeepSpeedSettings:
     reduce_bucket_size: float = 5.0e7
     stage3_prefetch_bucket_size: float = 5.0e7
     stage3_param_persistence_threshold: float = 1.0e5
+    stage3_max_live_parameters: float = 1.0e9
+    stage3_max_reuse_distance: float = 1.0e9
+    zero_hpz_partition_size: int = 1
+    zero_quantized_weights: bool = False
+    zero_quantized_gradients: bool = False
     memory_efficient_linear: bool = False
     stage3_leaf_modules: list[str] = field(default_factory=lambda: ["Block"])
 
@@ -156,6 +161,7 @@ class CheckpointSettings:
     every: int = MISSING
     keep_last: int = MISSING
     export_model: bool = True
+    timeout_s: float = 3600.0
 
 
 @dataclass

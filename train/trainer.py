@@ -57,8 +57,10 @@ def set_up(settings: TrainingSettings, build_stage: BuildStage, identity: dict[s
     `settings` and `identity` come from the checks before training (train/preflight.py).
     """
     startup = StartupClock()
-    # gloo's own timeout lies beyond the watchdog's, so a hang ends with the watchdog's line.
-    dist_env = init_distributed(timeout_s=2 * settings.train.collective_timeout_s + 60)
+    # the process group's own timeout lies beyond the watchdog's (a save's included), so a hang ends with the
+    # watchdog's line
+    longest = max(settings.train.collective_timeout_s, settings.checkpoint.timeout_s)
+    dist_env = init_distributed(timeout_s=2 * longest + 60)
     rank, world_size = dist_env.rank, dist_env.world_size
     startup.mark("process group")
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -68,6 +70,7 @@ def set_up(settings: TrainingSettings, build_stage: BuildStage, identity: dict[s
     watchdog = ProgressWatchdog(settings.train.collective_timeout_s, rank, run_dir / REQUEUE_MARKER)
     torch.set_num_threads(threads_per_rank(settings.train.threads_per_rank, world_size))
     checkpointer = Checkpointer(run_dir, settings.checkpoint, world_size)
+    checkpointer.long_operation = lambda: watchdog.allowing(settings.checkpoint.timeout_s)
     resume = checkpointer.plan_resume(resume_request(settings.train.resume), identity, settings.train.accept_changes)
     setup = RunSetup(rank, world_size, resolve_precision(settings.precision),
                      settings.train.grad_accum_steps(world_size), resume is not None)
@@ -82,7 +85,9 @@ def set_up(settings: TrainingSettings, build_stage: BuildStage, identity: dict[s
     # initial weights in fp32 would reach the bf16 master copy rounded: kept aside to be put back
     initial = {name: p.detach().clone() for name, p in stage.model.named_parameters()} \
         if setup.precision == "bf16" and settings.init and resume is None else None
-    engine, optimizer = start_engine(stage.model, settings.deepspeed, settings.optim, settings.spike_guard, ds_config)
+    with watchdog.allowing(settings.checkpoint.timeout_s):
+        engine, optimizer = start_engine(stage.model, settings.deepspeed, settings.optim, settings.spike_guard,
+                                         ds_config)
     if initial is not None:
         restore_fp32_master(engine, initial)
         del initial

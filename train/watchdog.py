@@ -3,7 +3,8 @@
 Every collective waits for all ranks. If one rank is frozen (SIGSTOP, a wedged driver) or its node
 disappeared, the others would wait forever: gloo's own timeout covers gloo operations only, and
 DeepSpeed's shared-memory kernel (train/cpu_shm_collectives.py) spins without one. So the trainer
-marks progress (`beat`) between phases: each step, each evaluation, each checkpoint. A watcher
+marks progress (`beat`) between phases: each step, each evaluation, each checkpoint; a save, a load or
+the engine's start may take `checkpoint.timeout_s` instead (`allowing`). A watcher
 thread that sees no progress for `train.collective_timeout_s` prints one line and exits with code 75
 (requeue me; rank 0 also leaves the requeue marker, since srun reports the status of the ranks it
 killed), so Slurm's requeue (slurm/pretrain.sh) or a resubmission resumes from the last verified
@@ -19,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from train.signals import EXIT_REQUEUE
@@ -48,6 +50,18 @@ class ProgressWatchdog:
                     with contextlib.suppress(OSError):  # exiting matters more than the marker
                         self.requeue_marker.write_text("no progress\n")
                 os._exit(EXIT_REQUEUE)
+
+    @contextlib.contextmanager
+    def allowing(self, seconds: float) -> Iterator[None]:
+        """A long operation (a checkpoint save or load, building the engine) may take up to `seconds` without
+        a beat; the usual timeout applies again after it."""
+        usual, self.timeout_s = self.timeout_s, max(self.timeout_s, seconds)
+        self.beat()
+        try:
+            yield
+        finally:
+            self.timeout_s = usual
+            self.beat()
 
     def stop(self) -> None:
         faulthandler.cancel_dump_traceback_later()

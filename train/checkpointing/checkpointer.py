@@ -7,7 +7,7 @@ the parts registered with it (the run's position and its task's data position, t
 time budget, every rank's RNG), each a `Stateful`, so the trainer never assembles the state itself.
 
 A save writes everything under `<tag>.tmp/`, `trainer_state.json` last (with every other file's size and
-SHA-256, the ranks hashing a share each), fsyncs files and folder, renames the folder and only then
+SHA-256, each rank hashing the files it wrote), fsyncs files and folder, renames the folder and only then
 replaces the `latest` pointer: a job killed at any moment (or a power loss) leaves the previous
 checkpoint in use. A resume verifies the newest checkpoint against that list and, if a file is missing,
 truncated or altered, says so in one line and takes the previous one that verifies: a damaged
@@ -17,6 +17,7 @@ checkpoint is never resumed from.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import random
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +50,7 @@ from train.checkpointing.layout import (
     problems_in,
     readable_state,
     tag_for,
+    writer_of,
 )
 from train.distributed import gather_objects
 from train.settings import CheckpointSettings
@@ -87,6 +90,8 @@ class Checkpointer:
         self.engine: Any = None
         self.export: Export | None = None
         self.resumed_from: Path | None = None  # the checkpoint `load` restored
+        # what a save or a load runs inside: the trainer lets the watchdog allow `checkpoint.timeout_s` for it
+        self.long_operation: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
     def register(self, key: str | None, part: Stateful) -> None:
         """Save `part`'s state under `key` of `trainer_state.json` (None: its keys at the top level)."""
@@ -108,6 +113,9 @@ class Checkpointer:
         """
         if request == "never":
             return None
+        if self.rank == 0:  # what a job killed mid-save left behind
+            for stale in self.dir.glob(f"*{TMP_SUFFIX}") if self.dir.is_dir() else []:
+                shutil.rmtree(stale, ignore_errors=True)
         own = complete_checkpoints(self.dir)
         if isinstance(request, Path) and not own:
             found = newest_verified([request])
@@ -129,8 +137,9 @@ class Checkpointer:
         """Load the DeepSpeed state of `resume` (collective), converting it first when the rank count
         changed, then give each registered part its state back."""
         checkpoint, state = resume.checkpoint, dict(resume.state)
-        load_dir = self.universal_copy(checkpoint) if resume.universal else checkpoint.parent
-        self.engine.load_checkpoint(str(load_dir), tag=checkpoint.name, load_lr_scheduler_states=False)
+        with self.long_operation():
+            load_dir = self.universal_copy(checkpoint) if resume.universal else checkpoint.parent
+            self.engine.load_checkpoint(str(load_dir), tag=checkpoint.name, load_lr_scheduler_states=False)
         if checkpoint.parent != self.dir:  # another run's checkpoint (train.resume=<path>): a wandb run of its own
             state["wandb_run_id"] = None
         if resume.universal:  # another rank count means other ranks' streams
@@ -145,7 +154,8 @@ class Checkpointer:
     def maybe_save(self, step: int, force: bool = False) -> Path | None:
         """Save when `force` (the last step, a stop) or every `checkpoint.every` steps (collective)."""
         if force or (self.settings.every and step % self.settings.every == 0):
-            return self.save(step)
+            with self.long_operation():
+                return self.save(step)
         return None
 
     def save(self, step: int) -> Path:
@@ -168,8 +178,8 @@ class Checkpointer:
             if weights is not None:
                 self.export(weights, tmp / "model")
         _barrier()
-        names = checkpoint_files(tmp)
-        shares = gather_objects(file_entries(tmp, names[self.rank::self.world_size]), self.world_size)
+        mine = [name for name in checkpoint_files(tmp) if writer_of(name, self.world_size) == self.rank]
+        shares = gather_objects(file_entries(tmp, mine), self.world_size)
         if self.rank == 0:
             files = {name: entry for share in shares for name, entry in share.items()}
             write_atomic(tmp / STATE_FILE, json.dumps({**state, "files": dict(sorted(files.items()))}, indent=1))
@@ -180,6 +190,8 @@ class Checkpointer:
             keep = self.settings.keep_last
             for old in complete_checkpoints(self.dir)[:-keep] if keep > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
+            # a checkpoint at this rank count exists now: the converted copy a resume read is not needed again
+            shutil.rmtree(self.dir / UNIVERSAL, ignore_errors=True)
         _barrier()
         log.info("checkpoint %s written in %.1f s", final, time.perf_counter() - began)
         return final
@@ -197,11 +209,12 @@ class Checkpointer:
 
     def universal_copy(self, checkpoint: Path) -> Path:
         """Convert a ZeRO checkpoint to DeepSpeed's universal format (rank-count independent), once, under
-        this run's `checkpoints/universal/`; returns the folder to load the same tag from. Rank 0
-        converts, the others wait."""
+        this run's `checkpoints/universal/` (removed by the next save); returns the folder to load the same
+        tag from. Rank 0 converts, the others wait."""
         root = self.dir / UNIVERSAL
         target = root / checkpoint.name
         if self.rank == 0 and not (target / ".complete").is_file():
+            began = time.perf_counter()
             shutil.rmtree(target, ignore_errors=True)
             result = subprocess.run(
                 [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint),
@@ -210,6 +223,8 @@ class Checkpointer:
             if result.returncode != 0:
                 raise RuntimeError(f"ds_to_universal failed for {checkpoint}: {result.stderr.strip()[-2000:]}")
             (target / ".complete").write_text("ok\n")
+            log.info("converted %s to DeepSpeed's universal format in %s in %.1f s", checkpoint, target,
+                     time.perf_counter() - began)
         _barrier()
         return root
 

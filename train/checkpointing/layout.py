@@ -12,6 +12,7 @@ before torch is loaded, so a refusal comes at once.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,14 @@ def checkpoint_files(folder: Path) -> list[str]:
     """Every file of a checkpoint folder but the state file, relative and sorted (the same list on every rank)."""
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                   if p.is_file() and p.name != STATE_FILE)
+
+
+def writer_of(name: str, world_size: int) -> int:
+    """The rank that wrote a checkpoint file, and so hashes it right after: DeepSpeed's
+    `zero_pp_rank_<r>_...` files are rank r's own shard; everything else (the exported model, DeepSpeed's
+    common files) is rank 0's."""
+    match = re.match(r"zero_pp_rank_(\d+)_", Path(name).name)
+    return int(match.group(1)) % world_size if match else 0
 
 
 def file_entries(folder: Path, names: list[str]) -> dict[str, list[Any]]:
