@@ -203,11 +203,16 @@ def test_every_rank_count_validates_the_same_windows_in_as_many_batches(windows:
 
 
 @pytest.mark.slow
-def test_more_ranks_than_validation_batches_still_log_val_loss(tmp_path: Path, data_root: Path) -> None:
+def test_more_ranks_than_validation_batches_still_log_val_loss_and_deepspeed_keeps_off_the_console(tmp_path: Path, data_root: Path) -> None:
     run_dir = tmp_path / "run"
-    launch(4, run_dir, data_root, "train.micro_batch_size=2", "train.global_batch_size=8", "eval.max_batches=2",
-           "train.max_steps=2", "eval.every=2", "eval.sample_every=0", "wandb.enabled=false", launcher="torchrun")
+    result = launch(4, run_dir, data_root, "train.micro_batch_size=2", "train.global_batch_size=8",
+                    "eval.max_batches=2", "train.max_steps=2", "eval.every=2", "eval.sample_every=0",
+                    "wandb.enabled=false", launcher="torchrun")
     assert [m["step"] for m in read_metrics(run_dir) if "val/loss" in m] == [2]
+    # the console as quiet as litgpt's: DeepSpeed's own lines go to the run's deepspeed.log
+    console, deepspeed_log = result.stdout + result.stderr, (run_dir / "deepspeed.log").read_text()
+    assert "untested optimizer" not in console and "built successfully" not in console
+    assert "untested optimizer" in deepspeed_log
 
 
 def test_exact_resume_continues_the_same_losses_samples_and_wandb_run(tmp_path: Path, data_root: Path) -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import socket
 import sysconfig
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,12 +20,13 @@ from train import cpu_shm_collectives
 from train.launch_env import DistEnv, resolve_env
 
 
-def init_distributed(timeout_s: float = 1800.0) -> DistEnv:
+def init_distributed(timeout_s: float = 1800.0, deepspeed_log: Path | None = None) -> DistEnv:
     """Export the resolved names and start DeepSpeed's process group: NCCL on GPUs, gloo on CPU.
 
     On CPU with every rank on one machine, ZeRO-3's reduce-scatter and all-gather then go through
     DeepSpeed's shared-memory kernel instead of gloo (train/cpu_shm_collectives.py). GPUs get
-    plain NCCL.
+    plain NCCL. With `deepspeed_log`, what DeepSpeed prints and logs for itself (a line per rank as its
+    op loads, warnings about the optimizer) goes to that file rather than the console.
     """
     dist_env = resolve_env()
     put_environments_ninja_first()
@@ -41,8 +47,9 @@ def init_distributed(timeout_s: float = 1800.0) -> DistEnv:
 
     if not on_cpu:
         torch.cuda.set_device(dist_env.local_rank)
-    deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl", auto_mpi_discovery=False,
-                               timeout=timedelta(seconds=timeout_s))
+    with _deepspeed_output(deepspeed_log, dist_env.rank):
+        deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl", auto_mpi_discovery=False,
+                                   timeout=timedelta(seconds=timeout_s))
     global _collectives
     _collectives = "nccl" if not on_cpu else (
         "shared memory (DeepSpeed's kernel) for ZeRO-3's reduce-scatter and all-gather, gloo otherwise"
@@ -51,6 +58,30 @@ def init_distributed(timeout_s: float = 1800.0) -> DistEnv:
 
 
 _collectives = "none: one process"
+
+
+@contextlib.contextmanager
+def _deepspeed_output(log_file: Path | None, rank: int) -> Iterator[None]:
+    """DeepSpeed's logger, from now on, and its prints inside this block, into `log_file` (appended, each line
+    marked with the rank); nothing changes without a file."""
+    if log_file is None:
+        yield
+        return
+    from deepspeed.utils import logger as deepspeed_logger
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(message)s"))
+    for old in list(deepspeed_logger.handlers):
+        deepspeed_logger.removeHandler(old)
+    deepspeed_logger.addHandler(handler)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        with open(log_file, "a") as log:
+            log.writelines(f"[rank{rank}] {line}\n" for line in printed.getvalue().splitlines())
 
 
 def put_environments_ninja_first() -> None:

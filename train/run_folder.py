@@ -21,8 +21,9 @@ METRICS = "metrics.jsonl"
 LOCK_FILE = ".trainer.lock"
 # Left in the run dir beside exit code 75 (train/signals.py), for launchers that see only their own status.
 REQUEUE_MARKER = "REQUEUE"
+DEEPSPEED_LOG = "deepspeed.log"  # what DeepSpeed prints and logs for itself, kept off the console
 # What a fresh start (`train.resume=never train.overwrite=true`) removes; Slurm logs stay.
-RUN_OUTPUTS = (CHECKPOINTS, METRICS, "config.yaml", "wandb", REQUEUE_MARKER)
+RUN_OUTPUTS = (CHECKPOINTS, METRICS, "config.yaml", "wandb", REQUEUE_MARKER, DEEPSPEED_LOG)
 
 
 def sweep_job_run_dir(run_dir: str, override_dirname: str | None) -> str:

@@ -27,7 +27,7 @@ from train.hooks import after_step_hooks
 from train.loop import TrainingRun, fit
 from train.metrics import MetricsLogger, StartupClock
 from train.optim import LearningRateSchedule
-from train.run_folder import REQUEUE_MARKER, rewind_metrics
+from train.run_folder import DEEPSPEED_LOG, REQUEUE_MARKER, rewind_metrics
 from train.settings import TrainingSettings
 from train.stage import Evaluation, RunSetup, Stage
 from train.time_budget import TimeBudget
@@ -60,7 +60,7 @@ def set_up(settings: TrainingSettings, build_stage: BuildStage, identity: dict[s
     # the process group's own timeout lies beyond the watchdog's (a save's included), so a hang ends with the
     # watchdog's line
     longest = max(settings.train.collective_timeout_s, settings.checkpoint.timeout_s)
-    dist_env = init_distributed(timeout_s=2 * longest + 60)
+    dist_env = init_distributed(timeout_s=2 * longest + 60, deepspeed_log=Path(settings.run_dir) / DEEPSPEED_LOG)
     rank, world_size = dist_env.rank, dist_env.world_size
     startup.mark("process group")
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
