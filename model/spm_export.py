@@ -8,10 +8,13 @@ collapsed spaces) and byte fallback. Encoding gives the ids `SentencePieceProces
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from data_contract.tokenizer_files import SAVED_SPM_MODEL
 
 UNIGRAM, BPE = 1, 2  # TrainerSpec.ModelType
 NORMAL, CONTROL, USER_DEFINED = 1, 3, 4  # ModelProto.SentencePiece.Type
@@ -77,9 +80,12 @@ def spm_to_tokenizer(spm_path: str | Path) -> Tokenizer:
 
 
 def write_hf_tokenizer(spm_path: str | Path, directory: str | Path, model_max_length: int) -> dict[str, int]:
-    """Write `tokenizer.json` + `tokenizer_config.json` for `AutoTokenizer`; return the special ids set."""
+    """Write `tokenizer.json` + `tokenizer_config.json` for `AutoTokenizer`, and the sentencepiece model itself
+    as `tokenizer.model`: the identity the data was tokenized with (data_contract/tokenizer_files.py), so the
+    export is a valid `init=` for pretraining on the same data. Returns the special ids set."""
     directory = Path(directory)
     spm_to_tokenizer(spm_path).save(str(directory / "tokenizer.json"))
+    shutil.copyfile(spm_path, directory / SAVED_SPM_MODEL)
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(Path(spm_path).read_bytes())
     spec = proto.trainer_spec

@@ -134,3 +134,15 @@ def test_fine_tuning_and_generation_take_a_gpt2_dir(hf_gpt2: Path, tmp_path: Pat
                          "temperature=0", check=True)
     assert sampled.stdout.startswith("Hello")
     assert np.isfinite([row["train/loss"] for row in metrics if "train/loss" in row]).all()
+
+
+def test_an_hf_export_of_a_run_is_a_valid_init_for_its_own_data(sample_corpus: Path, tmp_path: Path) -> None:
+    """The export carries the sentencepiece model the data was tokenized with, so `init=` recognises it."""
+    data_root = make_data_root(tmp_path / "data", sample_corpus)
+    steps = ["train.max_steps=2", "eval.every=0", "eval.sample_every=0", "precision=fp32"]
+    launch(1, tmp_path / "first", data_root, *steps, launcher="python")
+    exported = tmp_path / "hf-out"
+    run_module("model.convert", "direction=to_hf", f"src={tmp_path / 'first'}", f"dst={exported}", check=True)
+    assert tokenizer_identity(exported) == tokenizer_identity(data_root / "tokenizer")
+    continued = launch(1, tmp_path / "second", data_root, *steps, f"init={exported}", launcher="python")
+    assert f"initialized from {exported}" in continued.stdout + continued.stderr
