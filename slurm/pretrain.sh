@@ -4,11 +4,20 @@
 #
 # What to edit for a real cluster (nothing else needs editing):
 #   - partition / account: uncomment and fill the two lines below;
-#   - GPUs: set --ntasks-per-node and --gpus-per-node to the GPUs per node (8 on a DGX), and
-#     --cpus-per-task to the node's cores divided by that;
-#   - --time and the USR1 grace period (seconds before the limit to checkpoint; allow one step
-#     plus one checkpoint write);
+#   - GPUs: one rank per GPU. Give them on the command line or here:
+#       sbatch --nodes=64 --ntasks-per-node=8 --gpus-per-node=8 --cpus-per-task=12 slurm/pretrain.sh ...
+#     (--cpus-per-task: the node's cores over its GPUs). Each rank takes the GPU of its local rank, or the
+#     one GPU it sees where Slurm gives each task its own (--gpus-per-task=1);
+#   - --time and the USR1 grace period (seconds before the limit to checkpoint): one step plus one
+#     checkpoint write; `python -m train.plan <the same overrides> cluster.nodes=...` prints both;
 #   - the environment: GPTPIPE_VENV (default: .venv in the directory you submit from).
+# Before spending the allocation: `python -m train.plan model=... cluster.nodes=N cluster.gpus_per_node=8
+# cluster.gpu_memory_gb=80`; with cluster.gpu_memory_gb set, the trainer itself refuses a run that cannot fit.
+#
+# On GPU nodes this script sets TORCH_NCCL_ASYNC_ERROR_HANDLING=1 (a failed NCCL collective raises instead
+# of hanging) and binds each rank to cores (--cpu-bind=cores). Site-specific NCCL settings belong in the
+# environment you submit from, e.g. NCCL_SOCKET_IFNAME=<the fabric's interface> and NCCL_IB_HCA=<its HCAs>
+# on InfiniBand clusters; NCCL_DEBUG=INFO shows the transport NCCL chose.
 # The defaults run the demo configuration (model=tiny, mixture=demo) with 2 CPU ranks on the
 # local one-node cluster (slurm/local-cluster.sh up).
 #
@@ -47,14 +56,18 @@ echo "=== $(date -Is) job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0} on $SL
 export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)}
 export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
-if ! command -v nvidia-smi >/dev/null 2>&1; then
+if command -v nvidia-smi >/dev/null 2>&1; then
+    export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
+    CPU_BIND=${GPTPIPE_CPU_BIND:-cores}
+else
     export DS_ACCELERATOR=cpu
+    CPU_BIND=${GPTPIPE_CPU_BIND:-none}  # the local cluster's ranks share the machine's cores
 fi
 export WANDB_MODE=${WANDB_MODE:-offline}
 
 # srun runs in the background so that a signal sent to this batch shell alone (scancel --batch)
 # is forwarded to the ranks instead of killing the shell.
-srun --kill-on-bad-exit=1 --cpu-bind=none python -m train "$@" &
+srun --kill-on-bad-exit=1 --cpu-bind="$CPU_BIND" python -m train "$@" &
 SRUN_PID=$!
 forward() { echo "pretrain.sh: got SIG$1, forwarding to the ranks"; kill -s "$1" "$SRUN_PID" 2>/dev/null; }
 trap 'forward USR1' USR1

@@ -363,3 +363,10 @@ def test_progress_lines_show_long_work_and_leave_short_work_quiet(caplog: pytest
         short.update(done)
     lines = [record.getMessage() for record in caplog.records]
     assert [line.split(" (")[0] for line in lines] == [f"zero-shot set, items: {n}/3" for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(("local_rank", "visible", "device"), [(5, 8, 5), (5, 1, 0), (0, 1, 0), (9, 8, 1)])
+def test_a_rank_takes_the_gpu_it_can_see(local_rank: int, visible: int, device: int) -> None:
+    from train.distributed import cuda_device_index
+
+    assert cuda_device_index(local_rank, visible) == device

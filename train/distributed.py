@@ -46,7 +46,10 @@ def init_distributed(timeout_s: float = 1800.0, deepspeed_log: Path | None = Non
     from deepspeed.comm import comm as ds_comm
 
     if not on_cpu:
-        torch.cuda.set_device(dist_env.local_rank)
+        # where each task sees only its own GPU (srun --gpus-per-task=1), that GPU is device 0 for DeepSpeed too
+        device = cuda_device_index(dist_env.local_rank, torch.cuda.device_count())
+        os.environ["LOCAL_RANK"] = str(device)
+        torch.cuda.set_device(device)
     with _deepspeed_output(deepspeed_log, dist_env.rank):
         deepspeed.init_distributed(dist_backend="gloo" if on_cpu else "nccl", auto_mpi_discovery=False,
                                    timeout=timedelta(seconds=timeout_s))
@@ -82,6 +85,12 @@ def _deepspeed_output(log_file: Path | None, rank: int) -> Iterator[None]:
     finally:
         with open(log_file, "a") as log:
             log.writelines(f"[rank{rank}] {line}\n" for line in printed.getvalue().splitlines())
+
+
+def cuda_device_index(local_rank: int, visible_devices: int) -> int:
+    """The GPU of a rank among those its process sees: its local rank where the node's GPUs are all visible,
+    the one it sees where Slurm gave each task its own."""
+    return local_rank % max(visible_devices, 1)
 
 
 def put_environments_ninja_first() -> None:

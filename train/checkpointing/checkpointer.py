@@ -20,6 +20,7 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import random
 import shutil
 import subprocess
@@ -216,9 +217,10 @@ class Checkpointer:
         if self.rank == 0 and not (target / ".complete").is_file():
             began = time.perf_counter()
             shutil.rmtree(target, ignore_errors=True)
+            workers = str(len(os.sched_getaffinity(0)))  # the conversion is rank 0's alone: all its CPUs
             result = subprocess.run(
                 [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(checkpoint),
-                 "--output_folder", str(target), "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                 "--output_folder", str(target), "--num_extract_workers", workers, "--num_merge_workers", workers],
                 capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"ds_to_universal failed for {checkpoint}: {result.stderr.strip()[-2000:]}")
