@@ -101,19 +101,23 @@ class GPT(nn.Module):
         """GPT-2 init: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer), zero biases.
 
         Public so a model built on the meta device can be materialised with `to_empty`,
-        `tie_weights` and then this.
+        `tie_weights` and then this. Done through `Module.apply`, one module at a time, so that a
+        wrapper that builds the model partitioned (DeepSpeed's zero.Init gathers each module's
+        parameters for the function `apply` runs) initialises it the same way.
         """
-        for module in self.modules():
+        residual = {id(module) for block in self.blocks for module in (block.attn.proj, block.mlp.proj)}
+        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
+
+        def init(module: nn.Module) -> None:
             if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)
+                std = residual_std if id(module) in residual else INIT_STD
+                nn.init.normal_(module.weight, mean=0.0, std=std)
             if isinstance(module, nn.Linear | nn.LayerNorm) and module.bias is not None:
                 nn.init.zeros_(module.bias)
             if isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
-        residual_std = INIT_STD / math.sqrt(2 * self.config.n_layer)
-        for block in self.blocks:
-            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=residual_std)
+
+        self.apply(init)
 
     def num_params(self) -> int:
         """Distinct parameters, without the never-used padding rows of the embedding.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,19 +99,48 @@ def start_engine(model: nn.Module, zero: DeepSpeedSettings, optim: OptimSettings
     return engine, optimizer
 
 
-def restore_fp32_master(engine: Any, weights: dict[str, torch.Tensor]) -> None:
-    """Set ZeRO-3's fp32 master weights to `weights` (full fp32 tensors by parameter name).
+def partitioned_build(zero: DeepSpeedSettings, ds_config: dict[str, Any]) -> Callable[[], Any] | None:
+    """Under ZeRO-3, the context a stage builds its model in: DeepSpeed's zero.Init, which partitions each
+    module's parameters as it is created, so no rank ever holds the whole model (given the DeepSpeed config
+    and no dtype, its parameters take the run's precision)."""
+    if zero.stage != 3:
+        return None
+    import deepspeed
+
+    return lambda: deepspeed.zero.Init(config_dict_or_path=ds_config)
+
+
+@torch.no_grad()
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor] | None) -> None:
+    """Copy full `weights` into `model`, one parameter at a time: into a partitioned model from rank 0
+    (the other ranks pass None and receive their partitions), into a whole one on every rank."""
+    import deepspeed
+
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0, enabled=hasattr(param, "ds_id")):
+            if weights is not None:
+                param.copy_(weights[name])
+
+
+def restore_fp32_master(engine: Any, weights: dict[str, torch.Tensor] | None) -> None:
+    """Set ZeRO-3's fp32 master weights to `weights` (full fp32 tensors by parameter name, on rank 0 at least;
+    collective).
 
     DeepSpeed builds the master copy from the module after casting it to bf16, so weights loaded in fp32
-    (continued pretraining from `init`) would lose their low bits before the first step; this puts them
-    back. Each rank writes its own partition. (DeepSpeed's `safe_set_full_fp32_param` narrows past the end
-    of a parameter whose size the ranks do not divide, so the partition is filled here.)
+    (continued pretraining from `init`, fine-tuning) would lose their low bits before the first step; this
+    puts them back. Rank 0 sends one parameter at a time and each rank keeps its partition. (DeepSpeed's
+    `safe_set_full_fp32_param` narrows past the end of a parameter whose size the ranks do not divide, so
+    the partition is filled here.)
     """
     rank = dist.get_rank() if dist.is_initialized() else 0
     for name, param in engine.module.named_parameters():
-        if not (hasattr(param, "ds_id") and param.requires_grad and name in weights):
+        if not (hasattr(param, "ds_id") and param.requires_grad):
             continue
+        full = weights[name] if rank == 0 and weights is not None else torch.empty(param.ds_shape)
+        full = full.to(accelerator(), torch.float32)
+        if dist.is_initialized():
+            dist.broadcast(full, 0)
         partition, _ = param._z3_optimizer._get_fp32_opt_state_partition(param, release_swap_buffers=False)
         start = partition.numel() * rank
-        mine = weights[name].flatten()[start:start + partition.numel()].to(partition.device, partition.dtype)
+        mine = full.flatten()[start:start + partition.numel()].to(partition.device, partition.dtype)
         partition.data[:mine.numel()].copy_(mine)

@@ -9,6 +9,7 @@ it was trained on. The command is `python -m train` (train/__main__.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 
 from data_contract.refusal import Refusal
 from model import GPT
-from model.flops import flops_per_token
+from model.flops import flops_per_token, parameter_count
 from model.generate import generate
 from model.load import load_model
 from model.loss import next_token_loss
@@ -26,6 +27,7 @@ from model.tokenizer import load_tokenizer
 from train.benchmarks import benchmark_metrics, check_benchmarks
 from train.data import MixtureData, Prefetcher
 from train.distributed import engine_device, mean_across_ranks
+from train.ds_config import load_weights
 from train.metrics import MetricsLogger, default_peak_flops
 from train.preflight import model_config_for
 from train.settings import PretrainSettings
@@ -48,15 +50,26 @@ class Pretraining:
         if self.total_steps < 1:
             raise Refusal(f"the plan in {settings.data.mix_dir} holds {len(self.data)} samples, fewer than one global "
                           f"batch (train.global_batch_size={self.global_batch}); build a larger mix or lower the batch")
-        self.model = GPT(model_config)
+        with setup.partitioned_build() if setup.partitioned_build else contextlib.nullcontext():
+            self.model = GPT(model_config)
+        self.initial_weights = None
         if settings.init and not setup.resuming:  # continued pretraining: these weights, a fresh optimizer and schedule
-            initial, init_dir = load_model(settings.init)
-            self.model.load_state_dict(initial.state_dict())
-            log.info("initialized from %s", init_dir)
-        self.n_params = self.model.num_params()  # before ZeRO-3 partitions the parameters away
+            self.initial_weights = self.init_weights(settings.init, setup)
+        self.n_params = parameter_count(model_config)
         self.flops_per_token = flops_per_token(model_config, self.seq_len)
         self.tokenizer_dir = Path(settings.data.tokenizer_dir)
         self.last_wait_s = 0.0
+
+    def init_weights(self, init: str, setup: RunSetup) -> dict[str, torch.Tensor] | None:
+        """The weights of `init` copied into the model; read on rank 0 alone when the model is partitioned
+        (returned there, None elsewhere), by every rank when each holds the whole model."""
+        weights = None
+        if setup.partitioned_build is None or setup.rank == 0:
+            initial, init_dir = load_model(init)
+            weights = {name: param.detach() for name, param in initial.named_parameters()}
+            log.info("initialized from %s", init_dir)
+        load_weights(self.model, weights)
+        return weights
 
     def last_step(self) -> int:
         """Steps until the plan, the token budget or `train.max_steps` runs out, counted from the samples

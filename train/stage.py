@@ -8,6 +8,7 @@ and what it exports. The trainer (train/trainer.py, train/loop.py) does the rest
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,8 @@ class RunSetup:
     precision: str  # bf16 | fp32
     accum: int  # micro-batches per rank per optimizer step
     resuming: bool  # a checkpoint will be loaded over the stage's initial weights
+    # the context to build the model in so that each rank holds only its partition (ZeRO-3's zero.Init), or None
+    partitioned_build: Callable[[], AbstractContextManager[Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,9 @@ class Stage(Protocol):
 
     model: nn.Module  # before DeepSpeed wraps it
     total_steps: int
+    # fp32 weights the model starts from, by parameter name, when they came from elsewhere (continued
+    # pretraining, fine-tuning), on rank 0 at least; None: a fresh initialisation
+    initial_weights: dict[str, torch.Tensor] | None
 
     def describe(self) -> str:
         """One line for the start of the log: what is trained on what."""

@@ -22,7 +22,13 @@ from omegaconf import OmegaConf
 from train.checkpointing.checkpointer import Checkpointer, ProcessRng
 from train.checkpointing.layout import resume_request
 from train.distributed import collectives, gather_objects, init_distributed, rank_hosts, threads_per_rank
-from train.ds_config import build_ds_config, resolve_precision, restore_fp32_master, start_engine
+from train.ds_config import (
+    build_ds_config,
+    partitioned_build,
+    resolve_precision,
+    restore_fp32_master,
+    start_engine,
+)
 from train.hooks import after_step_hooks
 from train.loop import TrainingRun, fit
 from train.metrics import MetricsLogger, StartupClock
@@ -72,25 +78,21 @@ def set_up(settings: TrainingSettings, build_stage: BuildStage, identity: dict[s
     checkpointer = Checkpointer(run_dir, settings.checkpoint, world_size)
     checkpointer.long_operation = lambda: watchdog.allowing(settings.checkpoint.timeout_s)
     resume = checkpointer.plan_resume(resume_request(settings.train.resume), identity, settings.train.accept_changes)
-    setup = RunSetup(rank, world_size, resolve_precision(settings.precision),
-                     settings.train.grad_accum_steps(world_size), resume is not None)
-    torch.manual_seed(settings.seed)
-    stage = build_stage(settings, setup)
-    startup.mark("task")
-
-    ds_config = build_ds_config(settings.deepspeed, settings.train, settings.optim.grad_clip, world_size,
-                                setup.precision)
+    precision = resolve_precision(settings.precision)
+    ds_config = build_ds_config(settings.deepspeed, settings.train, settings.optim.grad_clip, world_size, precision)
     if resume is not None and resume.universal:
         ds_config["checkpoint"] = {"load_universal": True}
-    # initial weights in fp32 would reach the bf16 master copy rounded: kept aside to be put back
-    initial = {name: p.detach().clone() for name, p in stage.model.named_parameters()} \
-        if setup.precision == "bf16" and settings.init and resume is None else None
+    setup = RunSetup(rank, world_size, precision, settings.train.grad_accum_steps(world_size), resume is not None,
+                     partitioned_build(settings.deepspeed, ds_config))
+    torch.manual_seed(settings.seed)
     with watchdog.allowing(settings.checkpoint.timeout_s):
+        stage = build_stage(settings, setup)
+        startup.mark("task")
         engine, optimizer = start_engine(stage.model, settings.deepspeed, settings.optim, settings.spike_guard,
                                          ds_config)
-    if initial is not None:
-        restore_fp32_master(engine, initial)
-        del initial
+        if precision == "bf16" and stage.initial_weights is not None and resume is None:
+            restore_fp32_master(engine, stage.initial_weights)  # the bf16 cast would have rounded them
+        stage.initial_weights = None
     if settings.train.compile:
         engine.compile()  # torch.compile (inductor) of the module; ZeRO-3's gather/release hooks stay eager
     training = TrainingRun(settings, setup, stage, engine, LearningRateSchedule(settings.optim, settings.schedule,

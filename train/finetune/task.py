@@ -132,6 +132,9 @@ class FineTuning:
         if settings.train.max_steps:
             self.total_steps = min(self.total_steps, int(settings.train.max_steps))
         self.model = TaskModel(gpt, spec.kind, spec.num_outputs, settings.head_dropout)
+        # the pretrained weights, for a bf16 run's fp32 master copy (built whole: fine-tuning is not partitioned)
+        self.initial_weights = ({name: p.detach().clone() for name, p in self.model.named_parameters()}
+                                if setup.precision == "bf16" else None)
         self.info = {"name": spec.name, "type": spec.kind, "labels": spec.labels, "init": str(self.model_dir),
                      "special_tokens": special.__dict__ if special else None,
                      "prompt_template": spec.prompt_template or None,
