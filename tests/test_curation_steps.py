@@ -119,7 +119,7 @@ BAD_INPUTS = {  # case: (format, file name, content, texts kept, removed per rea
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_records_are_booked_and_good_ones_kept_whole(tmp_path: Path, case: str) -> None:
+def test_bad_records_are_removed_under_their_reason_and_good_ones_kept_whole(tmp_path: Path, case: str) -> None:
     fmt, name, content, kept, removed, errors = BAD_INPUTS[case]
     (tmp_path / name).write_bytes(content)
     reader = make_reader(fmt, str(tmp_path), None, {})
@@ -144,7 +144,7 @@ def test_a_folder_given_as_an_input_is_refused_in_one_line(tmp_path: Path) -> No
                                 f"sources.webtext2.input='{tmp_path}/*'")
 
 
-def test_text_reader_books_bad_files_under_their_reason(tmp_path: Path) -> None:
+def test_text_reader_removes_bad_files_under_their_reason(tmp_path: Path) -> None:
     (tmp_path / "good.txt").write_bytes(b"\xef\xbb\xbfline one\r\nline two\r\n")
     (tmp_path / "empty.txt").write_bytes(b"  \n")
     (tmp_path / "binary.txt").write_bytes(bytes(range(256)) * 8)
@@ -172,7 +172,7 @@ def test_jsonl_reader_skips_bad_lines_and_keeps_the_rest(tmp_path: Path) -> None
         assert _total(reader, f"removed_docs/{reason}") == 1, reason
 
 
-def test_ledger_balances_documents_and_characters_and_keeps_removed_text(tmp_path: Path) -> None:
+def test_accounting_balances_documents_and_characters_and_keeps_removed_text(tmp_path: Path) -> None:
     docs = [Document(text=ENGLISH + " Write to jane.doe@example.com for details.", id="long"),
             Document(text="Too short to keep.", id="short"), Document(text=ENGLISH, id="plain")]
     removed = JsonlWriter(str(tmp_path / "gopher"), output_filename="${rank}.jsonl.gz")
@@ -197,7 +197,7 @@ def test_ledger_balances_documents_and_characters_and_keeps_removed_text(tmp_pat
     (30.0, ["page"], {"extract": 1}),  # the blank page has no main text
     (1e-9, [], {"extract_timeout": 2}),  # a timeout is its own reason, not "no text"
 ])
-def test_extraction_books_a_timeout_apart_from_a_page_without_text(tmp_path: Path, timeout: float, kept: list[str],
+def test_extraction_counts_a_timeout_apart_from_a_page_without_text(tmp_path: Path, timeout: float, kept: list[str],
                                                                    removed: dict[str, int]) -> None:
     page = Document(text=f"<html><body><article><p>{ENGLISH}</p></article></body></html>", id="page")
     blank = Document(text="<html><body><script>var x = 1;</script></body></html>", id="blank")
