@@ -3,7 +3,6 @@ DeepSpeed's own estimator, and the trainer's refusal of a run that cannot fit it
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from model.flops import block_params, parameter_count
 from tests.commands import run_module
 from tests.train_fixtures import make_data_root
-from train.plan import memory_plan, model_config
+from train.plan import PlannedRun, memory_plan, model_config
 from train.typed_settings import pretrain_settings
 
 GPT3_175B_ON_64_NODES = ["model=gpt3-175b", "train.seq_len=2048", "train.micro_batch_size=1",
@@ -37,24 +36,28 @@ def test_gpt3_175b_on_64_nodes_fits_only_with_activation_checkpointing() -> None
     assert with_it["checkpoint_gb"] > 2000 and with_it["activations_gb_per_gpu"] < without["activations_gb_per_gpu"] / 5
 
 
+def planned(*overrides: str) -> PlannedRun:
+    settings = pretrain_settings(list(overrides))
+    return PlannedRun(model_config(settings.model, settings.vocab_size), settings.train, settings.deepspeed,
+                      settings.cluster, settings.precision, settings.checkpoint.export_model)
+
+
 def test_deepspeeds_estimator_is_reproduced() -> None:
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     for name, nodes in (("gpt2-124m", 1), ("gpt3-13b", 64), ("gpt3-175b", 64)):
-        settings = pretrain_settings([f"model={name}", f"cluster.nodes={nodes}", "cluster.gpus_per_node=8"])
-        config = model_config(settings)
+        run = planned(f"model={name}", f"cluster.nodes={nodes}", "cluster.gpus_per_node=8")
         _, gpu_bytes, _ = estimate_zero3_model_states_mem_needs(
-            parameter_count(config), block_params(config), num_gpus_per_node=8, num_nodes=nodes, cpu_offload=False)
-        assert memory_plan(settings).deepspeed_model_states_gb_per_gpu == pytest.approx(gpu_bytes / 1e9, rel=1e-6)
+            parameter_count(run.model), block_params(run.model), num_gpus_per_node=8, num_nodes=nodes, cpu_offload=False)
+        assert memory_plan(run).deepspeed_model_states_gb_per_gpu == pytest.approx(gpu_bytes / 1e9, rel=1e-6)
 
 
 def test_more_gpus_hold_less_and_offload_holds_no_model_states() -> None:
-    settings = pretrain_settings(["model=gpt3-13b", "cluster.gpus_per_node=8"])
-    one, four = memory_plan(settings), memory_plan(dataclasses.replace(
-        settings, cluster=dataclasses.replace(settings.cluster, nodes=4)))
+    run = planned("model=gpt3-13b", "cluster.gpus_per_node=8")
+    one, four = memory_plan(run), memory_plan(run.changed(cluster={"nodes": 4}))
     assert four.model_states_gb_per_gpu == pytest.approx(one.model_states_gb_per_gpu / 4)
     assert four.activations_gb_per_gpu == one.activations_gb_per_gpu
-    offloaded = pretrain_settings(["model=gpt3-13b", "cluster.gpus_per_node=8", "deepspeed=zero3-offload"])
+    offloaded = planned("model=gpt3-13b", "cluster.gpus_per_node=8", "deepspeed=zero3-offload")
     assert memory_plan(offloaded).model_states_gb_per_gpu == 0
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from model.config import GPTConfig
 from model.flops import block_params, flops_per_token, parameter_count
-from train.settings import PretrainSettings
+from train.settings import ClusterSettings, DeepSpeedSettings, PretrainLoopSettings
 from train.typed_settings import pretrain_settings
 
 GB = 1e9
@@ -40,6 +40,24 @@ MODEL_STATE_BYTES = 16  # per parameter, ZeRO's mixed-precision Adam
 CHECKPOINT_BYTES = {"bf16": 14, "fp32": 12}  # per parameter: weights in the working precision + fp32 Adam state
 EXPORT_BYTES = 4  # the consolidated fp32 model
 ACTIVATION_FACTOR = 34  # bytes per (token x hidden) per layer, Korthikanti et al.
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """What a plan reads of a pretraining run's settings: the model's shape, the loop, ZeRO, the cluster."""
+
+    model: GPTConfig
+    loop: PretrainLoopSettings
+    zero: DeepSpeedSettings
+    cluster: ClusterSettings
+    precision: str  # auto (bf16 on the GPUs planned for), bf16 or fp32
+    export_model: bool
+    preset: str = "custom"
+
+    def changed(self, **parts: Any) -> PlannedRun:
+        """This run with some of its parts' settings changed: `changed(loop={"micro_batch_size": 1})`."""
+        return dataclasses.replace(self, **{part: dataclasses.replace(getattr(self, part), **values)
+                                            for part, values in parts.items()})
 
 
 @dataclass(frozen=True)
@@ -62,11 +80,12 @@ class Plan:
     fix: str | None = None
 
 
-def model_config(settings: PretrainSettings) -> GPTConfig:
-    """The preset's shape with the vocabulary the run would have (its own, or `vocab_size`)."""
-    values = dataclasses.asdict(settings.model)
-    if settings.vocab_size is not None:
-        values["vocab_size"] = settings.vocab_size
+def model_config(model: Any, vocab_size: int | None) -> GPTConfig:
+    """The preset's shape (`model`: its ModelSettings) with the vocabulary the run would have (the preset's, or
+    `vocab_size`)."""
+    values = dataclasses.asdict(model)
+    if vocab_size is not None:
+        values["vocab_size"] = vocab_size
     return GPTConfig.from_dict(values)
 
 
@@ -82,10 +101,10 @@ def activation_bytes(config: GPTConfig, seq_len: int, micro_batch: int, precisio
     return kept + logits
 
 
-def memory_plan(settings: PretrainSettings) -> Plan:
-    """The plan of the run these settings describe, on `settings.cluster`."""
-    config, cluster, loop, zero = model_config(settings), settings.cluster, settings.train, settings.deepspeed
-    precision = "fp32" if settings.precision == "fp32" else "bf16"
+def memory_plan(run: PlannedRun) -> Plan:
+    """The plan of `run` on its cluster."""
+    config, cluster, loop, zero = run.model, run.cluster, run.loop, run.zero
+    precision = "fp32" if run.precision == "fp32" else "bf16"
     gpus = cluster.nodes * cluster.gpus_per_node
     params, block = parameter_count(config), block_params(config)
     offloaded = zero.offload_param == "cpu" and zero.offload_optimizer == "cpu"
@@ -96,7 +115,7 @@ def memory_plan(settings: PretrainSettings) -> Plan:
     peak = (model_states + buffers + activations) / GB + cluster.reserve_gb
     fits = None if cluster.gpu_memory_gb is None else peak <= cluster.gpu_memory_gb
     deepspeed_gb = (18 * params / gpus + 4 * block) / GB  # estimate_zero3_model_states_mem_needs, no offload
-    checkpoint_gb = params * (CHECKPOINT_BYTES[precision] + (EXPORT_BYTES if settings.checkpoint.export_model else 0)) / GB
+    checkpoint_gb = params * (CHECKPOINT_BYTES[precision] + (EXPORT_BYTES if run.export_model else 0)) / GB
     tokens_per_step = loop.global_batch_size * loop.seq_len
     steps = int(loop.tokens // tokens_per_step) if loop.tokens else loop.max_steps
     step_time = flops_per_token(config, loop.seq_len) * tokens_per_step / (gpus * cluster.peak_tflops_per_gpu * 1e12
@@ -107,41 +126,36 @@ def memory_plan(settings: PretrainSettings) -> Plan:
                 steps, step_time)
 
 
-def first_fix(settings: PretrainSettings) -> str | None:
+def first_fix(run: PlannedRun) -> str | None:
     """The first change, in order of cost to the run, that makes a plan that does not fit fit."""
-    def fits(**changes: Any) -> bool:
-        changed = settings
-        for path, value in changes.items():
-            group, key = path.split("__")
-            changed = dataclasses.replace(changed, **{group: dataclasses.replace(getattr(changed, group),
-                                                                                 **{key: value})})
-        return bool(memory_plan(changed).fits)
+    def fits(**parts: Any) -> bool:
+        return bool(memory_plan(run.changed(**parts)).fits)
 
-    if not settings.model.activation_checkpointing and fits(model__activation_checkpointing=True):
+    if not run.model.activation_checkpointing and fits(model={"activation_checkpointing": True}):
         return "model.activation_checkpointing=true"
-    for micro in range(settings.train.micro_batch_size - 1, 0, -1):
-        if fits(train__micro_batch_size=micro):
+    for micro in range(run.loop.micro_batch_size - 1, 0, -1):
+        if fits(loop={"micro_batch_size": micro}):
             return f"train.micro_batch_size={micro} (the global batch stays; more accumulation steps)"
-    for nodes in range(settings.cluster.nodes + 1, 16 * settings.cluster.nodes + 1):
-        if fits(cluster__nodes=nodes):
+    for nodes in range(run.cluster.nodes + 1, 16 * run.cluster.nodes + 1):
+        if fits(cluster={"nodes": nodes}):
             return f"cluster.nodes={nodes}"
-    if fits(deepspeed__offload_param="cpu", deepspeed__offload_optimizer="cpu"):
+    if fits(zero={"offload_param": "cpu", "offload_optimizer": "cpu"}):
         return "deepspeed=zero3-offload (parameters and optimizer state in host memory; slower steps)"
     return None
 
 
-def plan_with_fix(settings: PretrainSettings) -> Plan:
-    plan = memory_plan(settings)
-    return dataclasses.replace(plan, fix=first_fix(settings)) if plan.fits is False else plan
+def plan_with_fix(run: PlannedRun) -> Plan:
+    plan = memory_plan(run)
+    return dataclasses.replace(plan, fix=first_fix(run)) if plan.fits is False else plan
 
 
-def table(settings: PretrainSettings, plan: Plan) -> list[str]:
+def table(run: PlannedRun, plan: Plan) -> list[str]:
     """The plan as a person reads it."""
-    cluster, loop = settings.cluster, settings.train
-    checkpointing = "on" if settings.model.activation_checkpointing else "off"
+    cluster, loop = run.cluster, run.loop
+    checkpointing = "on" if run.model.activation_checkpointing else "off"
     verdict = {True: "fits", False: "does NOT fit", None: "(no cluster.gpu_memory_gb: not judged)"}[plan.fits]
     rows = [
-        f"model {settings.model.name}: {plan.params / 1e9:.2f}B parameters; seq {loop.seq_len}, micro batch "
+        f"model {run.preset}: {plan.params / 1e9:.2f}B parameters; seq {loop.seq_len}, micro batch "
         f"{loop.micro_batch_size}, global batch {loop.global_batch_size}; activation checkpointing {checkpointing}",
         f"cluster: {cluster.nodes} node(s) x {cluster.gpus_per_node} GPU(s) = {plan.gpus} GPUs",
         "per GPU                          GB",
@@ -157,8 +171,8 @@ def table(settings: PretrainSettings, plan: Plan) -> list[str]:
         + (f"; {plan.steps:,} steps, {plan.tokens / 1e9:,.1f}B tokens, {plan.steps * plan.step_time_s / 86400:,.1f} days"
            if plan.steps and plan.tokens else ""),
     ]
-    if plan.checkpoint_write_s > settings.train.collective_timeout_s:
-        rows.append(f"warning: a save takes longer than train.collective_timeout_s={settings.train.collective_timeout_s:g}")
+    if plan.checkpoint_write_s > loop.collective_timeout_s:
+        rows.append(f"warning: a save takes longer than train.collective_timeout_s={loop.collective_timeout_s:g}")
     if plan.fix:
         rows.append(f"fix: {plan.fix}")
     elif plan.fits is False:
@@ -168,8 +182,10 @@ def table(settings: PretrainSettings, plan: Plan) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     settings = pretrain_settings(sys.argv[1:] if argv is None else argv)
-    plan = plan_with_fix(settings)
-    print("\n".join(table(settings, plan)))
+    run = PlannedRun(model_config(settings.model, settings.vocab_size), settings.train, settings.deepspeed,
+                     settings.cluster, settings.precision, settings.checkpoint.export_model, settings.model.name)
+    plan = plan_with_fix(run)
+    print("\n".join(table(run, plan)))
     print(json.dumps(dataclasses.asdict(plan)))
 
 

@@ -27,7 +27,7 @@ from train import run_folder
 from train.checkpointing.identity import check_same_run, finetune_identity, pretrain_identity
 from train.checkpointing.layout import newest_state, readable_state, resume_request
 from train.launch_env import resolve_env
-from train.plan import plan_with_fix
+from train.plan import PlannedRun, model_config, plan_with_fix
 from train.settings import (
     SCHEMAS,
     DataSettings,
@@ -48,7 +48,8 @@ def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | Non
         raise Refusal(f"train.time_budget_s={loop.time_budget_s} must be a positive number of seconds (or null)")
     if isinstance(settings, PretrainSettings):
         identity = pretrain_checks(settings.data, loop, settings.model, settings.vocab_size, settings.init)
-        fits_its_gpus(settings)
+        fits_its_gpus(PlannedRun(model_config(settings.model, settings.vocab_size), loop, settings.deepspeed,
+                                 settings.cluster, settings.precision, settings.checkpoint.export_model))
     else:
         finetune_checks(settings.init, settings.task)
         identity = finetune_identity(settings.init, settings.task, settings.train, settings.seed)
@@ -66,9 +67,9 @@ def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | Non
     return settings, identity
 
 
-def fits_its_gpus(settings: PretrainSettings) -> None:
+def fits_its_gpus(run: PlannedRun) -> None:
     """With `cluster.gpu_memory_gb` given, the run's memory plan (train/plan.py) must fit it."""
-    plan = plan_with_fix(settings)
+    plan = plan_with_fix(run)
     if plan.fits is False:
         raise Refusal(f"the run needs {plan.peak_gb_per_gpu:.1f} GB per GPU on {plan.gpus} GPUs, more than "
                       f"cluster.gpu_memory_gb={plan.gpu_memory_gb:g}; "
