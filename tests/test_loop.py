@@ -109,14 +109,16 @@ class Regression:
         return {"samples_consumed": 4 * step}
 
     def export(self, engine: Any, weights: dict[str, torch.Tensor], folder: Path) -> None:
-        raise AssertionError("export is off in these settings")
+        folder.mkdir(parents=True)
+        torch.save(weights, folder / "weights.pt")
 
     def close(self) -> None:
         pass
 
 
 def make_run(run_dir: Path, total_steps: int, *, every: int = 4, stop_at_step: int | None = None,
-             time_budget_s: float | None = None) -> TrainingRun:
+             time_budget_s: float | None = None, every_s: float | None = None, export: bool = False,
+             keep_last: int = 2) -> TrainingRun:
     """A one-rank run as train/trainer.py's set_up builds it, over LocalEngine."""
     settings = TrainingSettings(
         run_name="loop", run_dir=str(run_dir),
@@ -124,7 +126,8 @@ def make_run(run_dir: Path, total_steps: int, *, every: int = 4, stop_at_step: i
                            time_budget_s=time_budget_s),
         optim=OptimSettings(lr=0.05, betas=[0.9, 0.95], weight_decay=0.0),
         schedule=ScheduleSettings(kind="cosine", warmup_steps=2, min_lr_ratio=0.1, decay_fraction=0.2),
-        checkpoint=CheckpointSettings(every=every, keep_last=2, export_model=False),
+        checkpoint=CheckpointSettings(every=every, every_s=every_s, keep_last=keep_last, export_model=export,
+                                      export_final_only=True),
         spike_guard=SpikeGuardSettings(), wandb=WandbSettings(enabled=False))
     stage = Regression(total_steps)
     guard = LossSpikeGuard(**vars(settings.spike_guard))
@@ -139,7 +142,7 @@ def make_run(run_dir: Path, total_steps: int, *, every: int = 4, stop_at_step: i
     checkpointer.register("spike_guard", guard)
     checkpointer.register("time_budget", run.budget)
     checkpointer.register("rng", ProcessRng(0, 1))
-    checkpointer.attach(engine, None)
+    checkpointer.attach(engine, lambda weights, folder: stage.export(engine, weights, folder))
     run.metrics = MetricsLogger(run_dir, True, settings.wandb, {}, None)
     return run
 
@@ -221,3 +224,13 @@ def test_each_rank_hashes_the_files_it_wrote() -> None:
     assert writer_of("zero_pp_rank_3_mp_rank_00_optim_states.pt", 8) == 3
     assert writer_of("zero_pp_rank_11_mp_rank_00_model_states.pt", 8) == 3
     assert writer_of("model/model.safetensors", 8) == writer_of("mp_rank_00_model_states.pt", 8) == 0
+
+
+def test_wall_clock_cadence_saves_and_the_model_is_exported_at_the_end_only(tmp_path: Path) -> None:
+    run = make_run(tmp_path, total_steps=3, every=0, every_s=1e-9, export=True, keep_last=0)
+    assert fit_run(run) == 0
+    saved = complete_checkpoints(tmp_path / "checkpoints")
+    assert [p.name for p in saved] == ["step00000001", "step00000002", "step00000003"], "a save whenever time is up"
+    assert [(p / "model" / "weights.pt").is_file() for p in saved] == [False, False, True]
+    weights = torch.load(saved[-1] / "model" / "weights.pt")
+    assert torch.equal(weights["weight"], run.stage.model.weight.detach())

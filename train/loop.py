@@ -122,7 +122,7 @@ def fit(run: TrainingRun, hooks: list[Hook]) -> int:
         outcome = train_step(run)
         for hook in hooks:
             hook.after_step(run, outcome)
-        if run.checkpointer.maybe_save(run.step, force=run.done or run.stop_reason is not None) is not None:
+        if run.checkpointer.maybe_save(run.step, final=run.done, stopping=run.stop_reason is not None) is not None:
             run.watchdog.beat()
         if run.stop_reason is not None and not run.done:
             log.info("stopping at step %d of %d for a restart (%s)", run.step, run.total_steps, run.stop_reason)

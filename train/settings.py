@@ -159,8 +159,10 @@ class ScheduleSettings:
 @dataclass
 class CheckpointSettings:
     every: int = MISSING
+    every_s: Optional[float] = None
     keep_last: int = MISSING
     export_model: bool = True
+    export_final_only: bool = False
     timeout_s: float = 3600.0
 
 

@@ -53,7 +53,7 @@ from train.checkpointing.layout import (
     tag_for,
     writer_of,
 )
-from train.distributed import gather_objects
+from train.distributed import accelerator, gather_objects
 from train.settings import CheckpointSettings
 
 log = logging.getLogger("train")
@@ -91,6 +91,7 @@ class Checkpointer:
         self.engine: Any = None
         self.export: Export | None = None
         self.resumed_from: Path | None = None  # the checkpoint `load` restored
+        self.last_save = time.monotonic()
         # what a save or a load runs inside: the trainer lets the watchdog allow `checkpoint.timeout_s` for it
         self.long_operation: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
 
@@ -152,15 +153,26 @@ class Checkpointer:
             elif key in state:
                 part.load_state_dict(state[key])
 
-    def maybe_save(self, step: int, force: bool = False) -> Path | None:
-        """Save when `force` (the last step, a stop) or every `checkpoint.every` steps (collective)."""
-        if force or (self.settings.every and step % self.settings.every == 0):
+    def maybe_save(self, step: int, final: bool = False, stopping: bool = False) -> Path | None:
+        """Save after the last step, at a stop, every `checkpoint.every` steps, or once `checkpoint.every_s`
+        seconds have passed since the last save (collective: the ranks agree on the time)."""
+        if final or stopping or (self.settings.every and step % self.settings.every == 0) or self.time_is_up():
             with self.long_operation():
-                return self.save(step)
+                return self.save(step, final)
         return None
 
-    def save(self, step: int) -> Path:
-        """Write the checkpoint of `step` (collective) and keep the newest `checkpoint.keep_last`."""
+    def time_is_up(self) -> bool:
+        """`checkpoint.every_s` has passed since the last save (or the start) on some rank."""
+        if not self.settings.every_s:
+            return False
+        up = torch.tensor([float(time.monotonic() - self.last_save >= self.settings.every_s)], device=accelerator())
+        if dist.is_initialized():
+            dist.all_reduce(up, op=dist.ReduceOp.MAX)
+        return bool(up.item())
+
+    def save(self, step: int, final: bool = True) -> Path:
+        """Write the checkpoint of `step` (collective) and keep the newest `checkpoint.keep_last`; the model
+        export is left out of all but the final one with `checkpoint.export_final_only`."""
         began = time.perf_counter()
         state: dict[str, Any] = {}
         for key, part in self.parts:
@@ -168,13 +180,13 @@ class Checkpointer:
             if part_state is not None:
                 state.update(part_state if key is None else {key: part_state})
         tag = tag_for(step)
-        final, tmp = self.dir / tag, self.dir / (tag + TMP_SUFFIX)
+        folder, tmp = self.dir / tag, self.dir / (tag + TMP_SUFFIX)
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             self.dir.mkdir(parents=True, exist_ok=True)
         _barrier()
         self.engine.save_checkpoint(str(self.dir), tag=tmp.name, save_latest=False)
-        if self.export is not None:
+        if self.export is not None and (final or not self.settings.export_final_only):
             weights = consolidated_state_dict(self.engine)
             if weights is not None:
                 self.export(weights, tmp / "model")
@@ -186,7 +198,7 @@ class Checkpointer:
             write_atomic(tmp / STATE_FILE, json.dumps({**state, "files": dict(sorted(files.items()))}, indent=1))
             # files and folders fsynced before the rename; a checkpoint of the same step saved again (e.g. at
             # a signal right after a periodic save) is replaced
-            replace_folder(tmp, final)
+            replace_folder(tmp, folder)
             write_atomic(self.dir / LATEST_FILE, tag + "\n")
             keep = self.settings.keep_last
             for old in complete_checkpoints(self.dir)[:-keep] if keep > 0 else []:
@@ -194,8 +206,9 @@ class Checkpointer:
             # a checkpoint at this rank count exists now: the converted copy a resume read is not needed again
             shutil.rmtree(self.dir / UNIVERSAL, ignore_errors=True)
         _barrier()
-        log.info("checkpoint %s written in %.1f s", final, time.perf_counter() - began)
-        return final
+        log.info("checkpoint %s written in %.1f s", folder, time.perf_counter() - began)
+        self.last_save = time.monotonic()
+        return folder
 
     def roll_back(self) -> Path | None:
         """Load the weights and optimizer state of the newest verified checkpoint (collective).
