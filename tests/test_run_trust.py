@@ -14,12 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.commands import command_env, run_command
+from tests.commands import command_env, require, run_command
 from tests.train_fixtures import SMALL_MODEL, launch, losses, make_data_root, read_metrics, wandb_ids
+from train.checkpointing.checkpointer import newest_verified
 from train.checkpointing.layout import complete_checkpoints, step_of
 
 QUIET = ["eval.every=0", "eval.sample_every=0", "precision=fp32", "checkpoint.every=2"]
@@ -222,3 +224,29 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout(data_root: Path, tmp_pat
     assert ranks[0].returncode == 75, stderr[-2000:]
     assert "train: rank 0 made no progress for" in stderr and "train.collective_timeout_s=10" in stderr
     assert (run_dir / "REQUEUE").is_file(), "slurm/pretrain.sh requeues the job on the marker"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 5 MB tmpfs: room for one checkpoint of the small model (about 3 MB), not two."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    require(mounted.returncode == 0, f"a small filesystem to fill (mount tmpfs: {mounted.stderr.strip()})")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_disk_that_fills_during_a_save_stops_the_run_in_one_line(small_disk: Path, data_root: Path) -> None:
+    run_dir = small_disk / "run"
+    result = launch(1, run_dir, data_root, "train.max_steps=6", "checkpoint.every=2", "checkpoint.keep_last=3",
+                    "eval.every=0", "eval.sample_every=0", "wandb.enabled=false", launcher="python", check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    refusal = [line for line in result.stderr.splitlines() if line.startswith("train: ")]
+    assert len(refusal) == 1 and "not written: the disk of" in refusal[0] and "is full" in refusal[0], refusal
+    kept = complete_checkpoints(run_dir / "checkpoints")
+    assert kept and f"{kept[-1].name} is kept" in refusal[0]
+    assert not list((run_dir / "checkpoints").glob("*.tmp")), "the half-written checkpoint is gone"
+    assert newest_verified(kept) is not None and newest_verified(kept)[0] == kept[-1], "the kept one verifies"
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == kept[-1].name

@@ -165,10 +165,7 @@ class Checkpointer:
         """`checkpoint.every_s` has passed since the last save (or the start) on some rank."""
         if not self.settings.every_s:
             return False
-        up = torch.tensor([float(time.monotonic() - self.last_save >= self.settings.every_s)], device=accelerator())
-        if dist.is_initialized():
-            dist.all_reduce(up, op=dist.ReduceOp.MAX)
-        return bool(up.item())
+        return _on_any_rank(time.monotonic() - self.last_save >= self.settings.every_s)
 
     def save(self, step: int, final: bool = True) -> Path:
         """Write the checkpoint of `step` (collective) and keep the newest `checkpoint.keep_last`; the model
@@ -185,12 +182,18 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             self.dir.mkdir(parents=True, exist_ok=True)
         _barrier()
-        self.engine.save_checkpoint(str(self.dir), tag=tmp.name, save_latest=False)
-        if self.export is not None and (final or not self.settings.export_final_only):
-            weights = consolidated_state_dict(self.engine)
-            if weights is not None:
-                self.export(weights, tmp / "model")
-        _barrier()
+        failure: Exception | None = None
+        try:
+            self.engine.save_checkpoint(str(self.dir), tag=tmp.name, save_latest=False)
+            if self.export is not None and (final or not self.settings.export_final_only):
+                weights = consolidated_state_dict(self.engine)
+                if weights is not None:
+                    self.export(weights, tmp / "model")
+        except Exception as error:  # DeepSpeed's and safetensors' writers raise their own kinds
+            failure = error
+        if _on_any_rank(failure is not None):  # every rank stops alike, none waits for one that failed
+            self.refuse_if_disk_full(step, tmp, failure)
+            raise failure or RuntimeError(f"checkpoint of step {step}: another rank could not write its part")
         mine = [name for name in checkpoint_files(tmp) if writer_of(name, self.world_size) == self.rank]
         shares = gather_objects(file_entries(tmp, mine), self.world_size)
         if self.rank == 0:
@@ -209,6 +212,19 @@ class Checkpointer:
         log.info("checkpoint %s written in %.1f s", folder, time.perf_counter() - began)
         self.last_save = time.monotonic()
         return folder
+
+    def refuse_if_disk_full(self, step: int, tmp: Path, error: Exception | None) -> None:
+        """A save that failed on a full disk ends the run in one line (DeepSpeed's writer says only "basic_ios"
+        or "unexpected pos"); the half-written folder goes, the previous checkpoint stays the one to resume."""
+        usage = shutil.disk_usage(self.dir)
+        if usage.free > max(64 << 20, usage.total // 100):
+            return
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = complete_checkpoints(self.dir)
+        raise Refusal(f"checkpoint of step {step} not written: the disk of {self.dir} is full "
+                      f"({usage.free >> 20} MB free{f'; {type(error).__name__}' if error else ''}); "
+                      + (f"{previous[-1].name} is kept and a resubmission resumes from it" if previous
+                         else "no earlier checkpoint") + "; free space (or lower checkpoint.keep_last) and resubmit")
 
     def roll_back(self) -> Path | None:
         """Load the weights and optimizer state of the newest verified checkpoint (collective).
@@ -311,6 +327,15 @@ def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     if rank == 0:
         state.update({name: buf.detach().cpu().clone() for name, buf in module.named_buffers()})
     return state if rank == 0 else None
+
+
+def _on_any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any (collective)."""
+    if not dist.is_initialized():
+        return flag
+    found = torch.tensor([float(flag)], device=accelerator())
+    dist.all_reduce(found, op=dist.ReduceOp.MAX)
+    return bool(found.item())
 
 
 def _barrier() -> None:
