@@ -39,7 +39,7 @@ def test_gpt3_175b_on_64_nodes_fits_only_with_activation_checkpointing() -> None
 def planned(*overrides: str) -> PlannedRun:
     settings = pretrain_settings(list(overrides))
     return PlannedRun(model_config(settings.model, settings.vocab_size), settings.train, settings.deepspeed,
-                      settings.cluster, settings.precision, settings.checkpoint.export_model)
+                      settings.cluster, settings.precision, settings.checkpoint)
 
 
 def test_deepspeeds_estimator_is_reproduced() -> None:

@@ -16,7 +16,7 @@ The same settings `python -m train` takes, plus `cluster.*` (conf/pretrain.yaml)
   layer is recomputed at a time; plus the fp32 logits and their gradient;
 - a stated reserve (CUDA context, NCCL buffers, fragmentation).
 A checkpoint holds 14 bytes per parameter in bf16 (2-byte weights, 12 bytes of optimizer state) and
-the consolidated fp32 export 4 more; its write time follows `cluster.checkpoint_write_gb_per_s`. The step
+the consolidated fp32 export 4 more (unless `checkpoint.export_model=false`); its write time follows `cluster.checkpoint_write_gb_per_s`. The step
 time is the model's FLOPs (model/flops.py) at `cluster.mfu` of `cluster.peak_tflops_per_gpu`. DeepSpeed's
 own estimator of model states is printed beside ours. The last line is the plan as one JSON object; the
 exit code is 0 whether it fits or not. GB here is 10^9 bytes.
@@ -32,7 +32,7 @@ from typing import Any
 
 from model.config import GPTConfig
 from model.flops import block_params, flops_per_token, parameter_count
-from train.settings import ClusterSettings, DeepSpeedSettings, PretrainLoopSettings
+from train.settings import CheckpointSettings, ClusterSettings, DeepSpeedSettings, PretrainLoopSettings
 from train.typed_settings import pretrain_settings
 
 GB = 1e9
@@ -51,7 +51,7 @@ class PlannedRun:
     zero: DeepSpeedSettings
     cluster: ClusterSettings
     precision: str  # auto (bf16 on the GPUs planned for), bf16 or fp32
-    export_model: bool
+    checkpoint: CheckpointSettings
     preset: str = "custom"
 
     def changed(self, **parts: Any) -> PlannedRun:
@@ -115,7 +115,7 @@ def memory_plan(run: PlannedRun) -> Plan:
     peak = (model_states + buffers + activations) / GB + cluster.reserve_gb
     fits = None if cluster.gpu_memory_gb is None else peak <= cluster.gpu_memory_gb
     deepspeed_gb = (18 * params / gpus + 4 * block) / GB  # estimate_zero3_model_states_mem_needs, no offload
-    checkpoint_gb = params * (CHECKPOINT_BYTES[precision] + (EXPORT_BYTES if run.export_model else 0)) / GB
+    checkpoint_gb = params * (CHECKPOINT_BYTES[precision] + (EXPORT_BYTES if run.checkpoint.export_model else 0)) / GB
     tokens_per_step = loop.global_batch_size * loop.seq_len
     steps = int(loop.tokens // tokens_per_step) if loop.tokens else loop.max_steps
     step_time = flops_per_token(config, loop.seq_len) * tokens_per_step / (gpus * cluster.peak_tflops_per_gpu * 1e12
@@ -171,8 +171,8 @@ def table(run: PlannedRun, plan: Plan) -> list[str]:
         + (f"; {plan.steps:,} steps, {plan.tokens / 1e9:,.1f}B tokens, {plan.steps * plan.step_time_s / 86400:,.1f} days"
            if plan.steps and plan.tokens else ""),
     ]
-    if plan.checkpoint_write_s > loop.collective_timeout_s:
-        rows.append(f"warning: a save takes longer than train.collective_timeout_s={loop.collective_timeout_s:g}")
+    if plan.checkpoint_write_s > run.checkpoint.timeout_s:
+        rows.append(f"warning: a save takes longer than checkpoint.timeout_s={run.checkpoint.timeout_s:g}; raise it")
     if plan.fix:
         rows.append(f"fix: {plan.fix}")
     elif plan.fits is False:
@@ -183,7 +183,7 @@ def table(run: PlannedRun, plan: Plan) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     settings = pretrain_settings(sys.argv[1:] if argv is None else argv)
     run = PlannedRun(model_config(settings.model, settings.vocab_size), settings.train, settings.deepspeed,
-                     settings.cluster, settings.precision, settings.checkpoint.export_model, settings.model.name)
+                     settings.cluster, settings.precision, settings.checkpoint, settings.model.name)
     plan = plan_with_fix(run)
     print("\n".join(table(run, plan)))
     print(json.dumps(dataclasses.asdict(plan)))

@@ -49,7 +49,7 @@ def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | Non
     if isinstance(settings, PretrainSettings):
         identity = pretrain_checks(settings.data, loop, settings.model, settings.vocab_size, settings.init)
         fits_its_gpus(PlannedRun(model_config(settings.model, settings.vocab_size), loop, settings.deepspeed,
-                                 settings.cluster, settings.precision, settings.checkpoint.export_model))
+                                 settings.cluster, settings.precision, settings.checkpoint))
     else:
         finetune_checks(settings.init, settings.task)
         identity = finetune_identity(settings.init, settings.task, settings.train, settings.seed)
