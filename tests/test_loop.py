@@ -75,8 +75,9 @@ class LocalEngine:
 class Regression:
     """A stage: fit y = 3x with a linear layer; its data position is the step, and it counts what ran."""
 
-    def __init__(self, total_steps: int) -> None:
+    def __init__(self, total_steps: int, eval_every_s: float | None = None) -> None:
         torch.manual_seed(0)
+        self.eval_every_s = eval_every_s
         self.model = nn.Linear(1, 1)
         self.total_steps = total_steps
         self.batches_seen: list[int] = []
@@ -103,7 +104,8 @@ class Regression:
         return {"train/samples_seen": 4.0 * step}
 
     def evaluations(self) -> list[Evaluation]:
-        return [Evaluation(3, True, lambda engine, step, metrics: self.evaluated_at.append(step), "validation")]
+        return [Evaluation(3, True, lambda engine, step, metrics: self.evaluated_at.append(step), "validation",
+                           self.eval_every_s)]
 
     def state_dict(self, step: int) -> dict[str, Any]:
         return {"samples_consumed": 4 * step}
@@ -118,7 +120,7 @@ class Regression:
 
 def make_run(run_dir: Path, total_steps: int, *, every: int = 4, stop_at_step: int | None = None,
              time_budget_s: float | None = None, every_s: float | None = None, export: bool = False,
-             keep_last: int = 2) -> TrainingRun:
+             keep_last: int = 2, eval_every_s: float | None = None) -> TrainingRun:
     """A one-rank run as train/trainer.py's set_up builds it, over LocalEngine."""
     settings = TrainingSettings(
         run_name="loop", run_dir=str(run_dir),
@@ -129,7 +131,7 @@ def make_run(run_dir: Path, total_steps: int, *, every: int = 4, stop_at_step: i
         checkpoint=CheckpointSettings(every=every, every_s=every_s, keep_last=keep_last, export_model=export,
                                       export_final_only=True),
         spike_guard=SpikeGuardSettings(), wandb=WandbSettings(enabled=False))
-    stage = Regression(total_steps)
+    stage = Regression(total_steps, eval_every_s)
     guard = LossSpikeGuard(**vars(settings.spike_guard))
     optimizer = SkipStepAdamW(stage.model.parameters(), lr=0.05, guard=guard)
     engine = LocalEngine(stage.model, optimizer)
@@ -226,11 +228,12 @@ def test_each_rank_hashes_the_files_it_wrote() -> None:
     assert writer_of("model/model.safetensors", 8) == writer_of("mp_rank_00_model_states.pt", 8) == 0
 
 
-def test_wall_clock_cadence_saves_and_the_model_is_exported_at_the_end_only(tmp_path: Path) -> None:
-    run = make_run(tmp_path, total_steps=3, every=0, every_s=1e-9, export=True, keep_last=0)
+def test_wall_clock_cadence_saves_and_evaluates_and_the_model_is_exported_at_the_end_only(tmp_path: Path) -> None:
+    run = make_run(tmp_path, total_steps=3, every=0, every_s=1e-9, export=True, keep_last=0, eval_every_s=1e-9)
     assert fit_run(run) == 0
     saved = complete_checkpoints(tmp_path / "checkpoints")
     assert [p.name for p in saved] == ["step00000001", "step00000002", "step00000003"], "a save whenever time is up"
+    assert run.stage.evaluated_at == [1, 2, 3], "and an evaluation"
     assert [(p / "model" / "weights.pt").is_file() for p in saved] == [False, False, True]
     weights = torch.load(saved[-1] / "model" / "weights.pt")
     assert torch.equal(weights["weight"], run.stage.model.weight.detach())

@@ -140,6 +140,15 @@ def engine_device(engine: Any) -> torch.device:
     return torch.device(device) if device is not None else accelerator()
 
 
+def on_any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any (collective): a decision all ranks take alike."""
+    if not dist.is_initialized():
+        return flag
+    found = torch.tensor([float(flag)], device=accelerator())
+    dist.all_reduce(found, op=dist.ReduceOp.MAX)
+    return bool(found.item())
+
+
 def mean_across_ranks(values: torch.Tensor) -> torch.Tensor:
     """The mean of a per-rank tensor, on every rank (collective), so all ranks take the same decisions.
 

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from train.distributed import mean_across_ranks
+from train.distributed import mean_across_ranks, on_any_rank
 from train.loop import Hook, StepOutcome, TrainingRun
 from train.metrics import console_line, kernels_compiled, max_rss_gb
 from train.signals import StopRequest
@@ -99,18 +99,26 @@ class BeatWatchdog:
 
 
 class RunEvaluations:
-    """The stage's evaluations that are due at this step (and at the last one)."""
+    """The stage's evaluations that are due at this step (and at the last one), or whose `every_s` has passed
+    on any rank since they last ran."""
 
     def __init__(self, evaluations: list[Evaluation]) -> None:
         self.evaluations = evaluations
+        self.last_run = {evaluation.name: time.monotonic() for evaluation in evaluations}
 
     def after_step(self, run: TrainingRun, outcome: StepOutcome) -> None:
         for evaluation in self.evaluations:
-            if evaluation.due(run.step, run.done):
+            if evaluation.due(run.step, run.done) or self.time_is_up(evaluation):
                 began = time.perf_counter()
                 evaluation.run(run.engine, run.step, run.metrics)
                 log.info("step %d: %s took %.1f s", run.step, evaluation.name, time.perf_counter() - began)
+                self.last_run[evaluation.name] = time.monotonic()
                 run.watchdog.beat()
+
+    def time_is_up(self, evaluation: Evaluation) -> bool:
+        if not evaluation.every_s:
+            return False
+        return on_any_rank(time.monotonic() - self.last_run[evaluation.name] >= evaluation.every_s)
 
 
 class StopOnSignal:

@@ -136,7 +136,8 @@ class Pretraining:
         if every and self.settings.eval.tasks:
             check_benchmarks(self.settings.eval)  # refused now, not at the first evaluation
         validation = "validation" + (f" and {self.settings.eval.shots}-shot scoring" if self.settings.eval.tasks else "")
-        return [Evaluation(every, bool(every), self.evaluate, validation),
+        return [Evaluation(every, bool(every or self.settings.eval.every_s), self.evaluate, validation,
+                           self.settings.eval.every_s),
                 Evaluation(sample_every, bool(sample_every), self.sample, "sample generation")]
 
     def evaluate(self, engine: Any, step: int, metrics: MetricsLogger) -> None:

@@ -198,6 +198,7 @@ class BenchmarkSettings:
 @dataclass
 class PretrainEvalSettings(BenchmarkSettings):
     every: int = MISSING
+    every_s: Optional[float] = None
     max_batches: int = MISSING
     sample_every: int = 100
     sample_prompt: str = "It is a truth universally acknowledged"

@@ -34,12 +34,14 @@ class RunSetup:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Something a stage runs every `every` steps (0: never) and, with `at_end`, after the last step."""
+    """Something a stage runs every `every` steps (0: never), or once `every_s` seconds have passed since it
+    last ran (a large model's cadence), and, with `at_end`, after the last step."""
 
     every: int
     at_end: bool
     run: Callable[[Any, int, MetricsLogger], None]  # (engine, step, metrics)
     name: str  # for the console: "validation", "samples", ...
+    every_s: float | None = None
 
     def due(self, step: int, done: bool) -> bool:
         return bool(self.every and step % self.every == 0) or (done and self.at_end)

@@ -53,7 +53,7 @@ from train.checkpointing.layout import (
     tag_for,
     writer_of,
 )
-from train.distributed import accelerator, gather_objects
+from train.distributed import gather_objects, on_any_rank
 from train.settings import CheckpointSettings
 
 log = logging.getLogger("train")
@@ -165,7 +165,7 @@ class Checkpointer:
         """`checkpoint.every_s` has passed since the last save (or the start) on some rank."""
         if not self.settings.every_s:
             return False
-        return _on_any_rank(time.monotonic() - self.last_save >= self.settings.every_s)
+        return on_any_rank(time.monotonic() - self.last_save >= self.settings.every_s)
 
     def save(self, step: int, final: bool = True) -> Path:
         """Write the checkpoint of `step` (collective) and keep the newest `checkpoint.keep_last`; the model
@@ -191,7 +191,7 @@ class Checkpointer:
                     self.export(weights, tmp / "model")
         except Exception as error:  # DeepSpeed's and safetensors' writers raise their own kinds
             failure = error
-        if _on_any_rank(failure is not None):  # every rank stops alike, none waits for one that failed
+        if on_any_rank(failure is not None):  # every rank stops alike, none waits for one that failed
             self.refuse_if_disk_full(step, tmp, failure)
             raise failure or RuntimeError(f"checkpoint of step {step}: another rank could not write its part")
         mine = [name for name in checkpoint_files(tmp) if writer_of(name, self.world_size) == self.rank]
@@ -327,15 +327,6 @@ def consolidated_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
     if rank == 0:
         state.update({name: buf.detach().cpu().clone() for name, buf in module.named_buffers()})
     return state if rank == 0 else None
-
-
-def _on_any_rank(flag: bool) -> bool:
-    """True on every rank if `flag` is true on any (collective)."""
-    if not dist.is_initialized():
-        return flag
-    found = torch.tensor([float(flag)], device=accelerator())
-    dist.all_reduce(found, op=dist.ReduceOp.MAX)
-    return bool(found.item())
 
 
 def _barrier() -> None:
