@@ -3,13 +3,13 @@
     python -m bench.zero3_memory [--ranks 1 2 4]        # from the repo root
 
 GPT-2 124M with a short context (64 tokens, micro batch 1), so that model states dominate what a rank
-holds. Each rank builds the model, starts the trainer's DeepSpeed engine (train/ds_config.py: ZeRO-3,
-its AdamW) and takes two steps; its peak resident memory above what it held before the model existed
-is the measured figure. Predicted: Adam's 16 bytes per parameter of model states (Rajbhandari et al.
-2020, ZeRO, section 3.1: weights, gradients, two moments and, in mixed precision, a master copy),
-divided by the ranks, plus what is not partitioned: the whole fp32 model each rank builds before
-ZeRO-3 partitions it (4 bytes per parameter). Ranks run on this machine under torchrun; which node a
-rank sits on does not change what it holds. Writes bench/results/zero3_memory.json.
+holds. Each rank builds the model as the trainer does (partitioned, under zero.Init: train/ds_config.py),
+starts the trainer's DeepSpeed engine (ZeRO-3, its AdamW) and takes two steps; its peak resident memory
+above what it held before the model existed is the measured figure. Predicted: the model states of the
+memory plan (train/plan.py), Adam's 16 bytes per parameter (Rajbhandari et al. 2020, ZeRO, section 3.1:
+weights, gradients, two moments and, in mixed precision, a master copy) divided by the ranks. Ranks run
+on this machine under torchrun; which node a rank sits on does not change what it holds. Writes
+bench/results/zero3_memory.json.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from train.plan import MODEL_STATE_BYTES
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "zero3_memory.json"
 SHAPE = {"vocab_size": 50304, "block_size": 64, "n_layer": 12, "n_head": 12, "n_embd": 768}
-STATE_BYTES_PER_PARAM, BUILD_BYTES_PER_PARAM = 16, 4
 GB = 1 << 30
 
 
@@ -40,23 +41,28 @@ def _rss_gb() -> float:
 def rank_job(out_dir: Path) -> None:
     """One rank: baseline, model, engine, two steps, peak; written to out_dir/rank<r>.json."""
     import torch
-    from hydra import compose, initialize_config_dir
 
     from model import GPT, GPTConfig
+    from model.flops import parameter_count
     from model.loss import next_token_loss
     from train.distributed import init_distributed
-    from train.ds_config import build_ds_config, start_engine
+    from train.ds_config import build_ds_config, partitioned_build, start_engine
+    from train.typed_settings import pretrain_settings
 
     dist_env = init_distributed()
     torch.set_num_threads(1)
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("pretrain", overrides=["model=gpt2-124m", "train.seq_len=64", "train.micro_batch_size=1",
-                                             f"train.global_batch_size={dist_env.world_size}", "precision=fp32"])
+    settings = pretrain_settings(["model=gpt2-124m", "train.seq_len=64", "train.micro_batch_size=1",
+                                  f"train.global_batch_size={dist_env.world_size}", "precision=fp32"])
+    ds_config = build_ds_config(settings.deepspeed, settings.train, settings.optim.grad_clip, dist_env.world_size,
+                                "fp32")
+    build = partitioned_build(settings.deepspeed, ds_config)
     baseline = _rss_gb()
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE))
-    params = model.num_params()
-    engine, _ = start_engine(model, cfg, build_ds_config(cfg, dist_env.world_size, "fp32"))
+    config = GPTConfig(**SHAPE)
+    with build() if build is not None else torch.no_grad():
+        model = GPT(config)
+    params = parameter_count(config)
+    engine, _ = start_engine(model, settings.deepspeed, settings.optim, settings.spike_guard, ds_config)
     del model
     ids = torch.randint(0, SHAPE["vocab_size"], (1, SHAPE["block_size"] + 1), generator=torch.Generator().manual_seed(1))
     for _ in range(2):
@@ -76,10 +82,9 @@ def measure(ranks: int, scratch: Path) -> dict[str, float]:
     reports = [json.loads(p.read_text()) for p in sorted(out_dir.glob("rank*.json"))]
     params = reports[0]["params"]
     measured = max(r["peak_gb"] - r["baseline_gb"] for r in reports)
-    states = STATE_BYTES_PER_PARAM * params / ranks / GB
-    predicted = states + BUILD_BYTES_PER_PARAM * params / GB
-    return {"ranks": ranks, "params": params, "measured_gb": measured, "predicted_states_gb": states,
-            "predicted_gb": predicted, "ratio": measured / predicted}
+    predicted = MODEL_STATE_BYTES * params / ranks / GB
+    return {"ranks": ranks, "params": params, "measured_gb": measured, "predicted_gb": predicted,
+            "ratio": measured / predicted}
 
 
 def main() -> None:
@@ -93,10 +98,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         rows = [measure(ranks, Path(scratch)) for ranks in args.ranks]
     print(f"ZeRO-3 memory per rank, GPT-2 124M ({rows[0]['params'] / 1e6:.0f}M parameters), fp32 on CPU:")
-    print(f"  {'ranks':>5}  {'measured GB':>11}  {'16P/N GB':>9}  {'16P/N + 4P GB':>13}  {'measured/predicted':>18}")
+    print(f"  {'ranks':>5}  {'measured GB':>11}  {'16P/N GB (the plan)':>19}  {'measured/predicted':>18}")
     for row in rows:
-        print(f"  {row['ranks']:>5}  {row['measured_gb']:>11.2f}  {row['predicted_states_gb']:>9.2f}  "
-              f"{row['predicted_gb']:>13.2f}  {row['ratio']:>18.2f}")
+        print(f"  {row['ranks']:>5}  {row['measured_gb']:>11.2f}  {row['predicted_gb']:>19.2f}  {row['ratio']:>18.2f}")
     fit = None
     if len(rows) >= 2:  # measured = fixed + partitioned / ranks, least squares
         xs, ys = [1 / row["ranks"] for row in rows], [row["measured_gb"] for row in rows]
@@ -104,7 +108,7 @@ def main() -> None:
         slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
         fit = {"partitioned_bytes_per_param": slope * GB / rows[0]["params"], "unpartitioned_gb": mean_y - slope * mean_x}
         print(f"  fit: {fit['partitioned_bytes_per_param']:.1f} bytes per parameter divided among the ranks "
-              f"(ZeRO: {STATE_BYTES_PER_PARAM}), {fit['unpartitioned_gb']:.2f} GB on every rank")
+              f"(ZeRO: {MODEL_STATE_BYTES}), {fit['unpartitioned_gb']:.2f} GB on every rank")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"rows": rows, "fit": fit}, indent=1) + "\n")
 
