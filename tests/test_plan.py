@@ -11,7 +11,8 @@ import pytest
 from model.flops import block_params, parameter_count
 from tests.commands import run_module
 from tests.train_fixtures import make_data_root
-from train.plan import PlannedRun, memory_plan, model_config
+from train.plan import PlannedRun, memory_plan
+from train.settings import model_config_for
 from train.typed_settings import pretrain_settings
 
 GPT3_175B_ON_64_NODES = ["model=gpt3-175b", "train.seq_len=2048", "train.micro_batch_size=1",
@@ -38,7 +39,7 @@ def test_gpt3_175b_on_64_nodes_fits_only_with_activation_checkpointing() -> None
 
 def planned(*overrides: str) -> PlannedRun:
     settings = pretrain_settings(list(overrides))
-    return PlannedRun(model_config(settings.model, settings.vocab_size), settings.train, settings.deepspeed,
+    return PlannedRun(model_config_for(settings.model, settings.vocab_size, settings.model.vocab_size), settings.train, settings.deepspeed,
                       settings.cluster, settings.precision, settings.checkpoint)
 
 

@@ -32,7 +32,13 @@ from typing import Any
 
 from model.config import GPTConfig
 from model.flops import block_params, flops_per_token, parameter_count
-from train.settings import CheckpointSettings, ClusterSettings, DeepSpeedSettings, PretrainLoopSettings
+from train.settings import (
+    CheckpointSettings,
+    ClusterSettings,
+    DeepSpeedSettings,
+    PretrainLoopSettings,
+    model_config_for,
+)
 from train.typed_settings import pretrain_settings
 
 GB = 1e9
@@ -78,15 +84,6 @@ class Plan:
     steps: int | None
     step_time_s: float
     fix: str | None = None
-
-
-def model_config(model: Any, vocab_size: int | None) -> GPTConfig:
-    """The preset's shape (`model`: its ModelSettings) with the vocabulary the run would have (the preset's, or
-    `vocab_size`)."""
-    values = dataclasses.asdict(model)
-    if vocab_size is not None:
-        values["vocab_size"] = vocab_size
-    return GPTConfig.from_dict(values)
 
 
 def activation_bytes(config: GPTConfig, seq_len: int, micro_batch: int, precision: str) -> float:
@@ -182,7 +179,7 @@ def table(run: PlannedRun, plan: Plan) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     settings = pretrain_settings(sys.argv[1:] if argv is None else argv)
-    run = PlannedRun(model_config(settings.model, settings.vocab_size), settings.train, settings.deepspeed,
+    run = PlannedRun(model_config_for(settings.model, settings.vocab_size, settings.model.vocab_size), settings.train, settings.deepspeed,
                      settings.cluster, settings.precision, settings.checkpoint, settings.model.name)
     plan = plan_with_fix(run)
     print("\n".join(table(run, plan)))

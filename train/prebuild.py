@@ -27,8 +27,7 @@ import torch
 from model.gpt import GPT
 from train.distributed import put_environments_ninja_first, threads_per_rank
 from train.ds_config import resolve_precision
-from train.preflight import model_config_for
-from train.settings import PretrainLoopSettings
+from train.settings import PretrainLoopSettings, model_config_for
 from train.typed_settings import pretrain_settings
 
 

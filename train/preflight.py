@@ -10,7 +10,6 @@ line, within about a second of the command; only then is the trainer imported an
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,14 @@ from train import run_folder
 from train.checkpointing.identity import check_same_run, finetune_identity, pretrain_identity
 from train.checkpointing.layout import newest_state, readable_state, resume_request
 from train.launch_env import resolve_env
-from train.plan import PlannedRun, model_config, plan_with_fix
+from train.plan import PlannedRun, plan_with_fix
 from train.settings import (
     SCHEMAS,
     DataSettings,
     PretrainLoopSettings,
     PretrainSettings,
     TaskSettings,
+    model_config_for,
 )
 from train.typed_settings import CONF_DIR, typed
 
@@ -48,8 +48,9 @@ def prepare(cfg: DictConfig, config_name: str, sweep_override_dirname: str | Non
         raise Refusal(f"train.time_budget_s={loop.time_budget_s} must be a positive number of seconds (or null)")
     if isinstance(settings, PretrainSettings):
         identity = pretrain_checks(settings.data, loop, settings.model, settings.vocab_size, settings.init)
-        fits_its_gpus(PlannedRun(model_config(settings.model, settings.vocab_size), loop, settings.deepspeed,
-                                 settings.cluster, settings.precision, settings.checkpoint))
+        shape = model_config_for(settings.model, settings.vocab_size, settings.model.vocab_size)
+        fits_its_gpus(PlannedRun(shape, loop, settings.deepspeed, settings.cluster, settings.precision,
+                                 settings.checkpoint))
     else:
         finetune_checks(settings.init, settings.task)
         identity = finetune_identity(settings.init, settings.task, settings.train, settings.seed)
@@ -157,14 +158,3 @@ def finetune_checks(init: str | None, task: TaskSettings) -> None:
         if not Path(path).is_file():
             raise Refusal(f"task.{split}={path} does not exist; build the sets with "
                           "`python -m train.build_task_sets` or point the task at your files")
-
-
-def model_config_for(model: Any, vocab_size: int | None, data_vocab_size: int) -> GPTConfig:
-    """The preset (`model`: the ModelSettings) with the vocabulary of the tokenizer, or `vocab_size` when
-    the user fixed one."""
-    values = dataclasses.asdict(model)
-    values["vocab_size"] = vocab_size if vocab_size is not None else data_vocab_size
-    try:
-        return GPTConfig.from_dict(values)
-    except ValueError as invalid:
-        raise Refusal(str(invalid)) from None

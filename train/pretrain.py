@@ -29,8 +29,7 @@ from train.data import MixtureData, Prefetcher
 from train.distributed import engine_device, mean_across_ranks
 from train.ds_config import load_weights
 from train.metrics import MetricsLogger, default_peak_flops
-from train.preflight import model_config_for
-from train.settings import PretrainSettings
+from train.settings import PretrainSettings, model_config_for
 from train.stage import Evaluation, RunSetup
 from train.val_loss import unigram_bpb, val_loss_metrics
 

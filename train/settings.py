@@ -293,4 +293,15 @@ class FinetuneSettings(TrainingSettings):
     eval: FinetuneEvalSettings = field(default_factory=FinetuneEvalSettings)
 
 
+def model_config_for(model: Any, vocab_size: int | None, data_vocab_size: int) -> GPTConfig:
+    """The preset (`model`: the ModelSettings) with the vocabulary of the tokenizer, or `vocab_size` when
+    the user fixed one."""
+    values = dataclasses.asdict(model)
+    values["vocab_size"] = vocab_size if vocab_size is not None else data_vocab_size
+    try:
+        return GPTConfig.from_dict(values)
+    except ValueError as invalid:
+        raise Refusal(str(invalid)) from None
+
+
 SCHEMAS: dict[str, type] = {"pretrain": PretrainSettings, "finetune": FinetuneSettings}

@@ -10,10 +10,7 @@ from __future__ import annotations
 import signal
 from types import FrameType
 
-import torch
-import torch.distributed as dist
-
-from train.distributed import accelerator
+from train.distributed import on_any_rank
 
 # sysexits.h EX_TEMPFAIL: "try again later"; slurm/pretrain.sh requeues the job on it.
 EXIT_REQUEUE = 75
@@ -32,7 +29,4 @@ class StopRequest:
 
     def agreed(self) -> bool:
         """True on every rank if any rank got a signal (collective)."""
-        flag = torch.tensor([1 if self.received is not None else 0], device=accelerator())
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return on_any_rank(self.received is not None)

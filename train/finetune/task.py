@@ -134,7 +134,7 @@ class FineTuning:
         self.model = TaskModel(gpt, spec.kind, spec.num_outputs, settings.head_dropout)
         # the pretrained weights, for a bf16 run's fp32 master copy (built whole: fine-tuning is not partitioned)
         self.initial_weights = ({name: p.detach().clone() for name, p in self.model.named_parameters()}
-                                if setup.precision == "bf16" else None)
+                                if setup.precision == "bf16" and not setup.resuming else None)
         self.info = {"name": spec.name, "type": spec.kind, "labels": spec.labels, "init": str(self.model_dir),
                      "special_tokens": special.__dict__ if special else None,
                      "prompt_template": spec.prompt_template or None,
